@@ -1,0 +1,42 @@
+# meshserve: two commands on a fresh machine — `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export MESHSERVE_HOME ?= $(CURDIR)/.meshserve
+
+PACKAGES := gen/python runtime[mlflow] feature_repo training local \
+            services/gateway services/features services/preprocess services/model
+
+.PHONY: help install protos check-protos train run test test-unit test-e2e clean
+
+help:  ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+install: $(VENV)/.installed  ## create the venv and install everything (pinned)
+
+$(VENV)/.installed: requirements/constraints.txt requirements/dev.txt $(wildcard */pyproject.toml services/*/pyproject.toml gen/python/pyproject.toml)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c requirements/constraints.txt $(foreach p,$(PACKAGES),-e '$(p)') -r requirements/dev.txt
+	touch $@
+
+protos: install  ## regenerate gen/python from protos/
+	$(PY) tools/gen_protos.py
+
+train: install  ## build the Feast repo, train the demo model, register it as @production
+	$(PY) -m meshserve_training train
+
+run: install  ## the whole stack on 127.0.0.1 (trains first if the registry is empty)
+	$(PY) -m meshserve_local.stack --train-if-empty
+
+test: install  ## unit + end-to-end tests (real Feast, MLflow, Redis, torch, sklearn)
+	$(PY) -m pytest
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+clean:  ## remove local state (MLflow db, artifacts, Feast registry)
+	rm -rf $(MESHSERVE_HOME)
+
+-include mk/*.mk

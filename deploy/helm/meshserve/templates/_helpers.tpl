@@ -1,0 +1,287 @@
+{{/*
+Naming, labels and per-service helpers.
+
+Most helpers take a "workload context": (dict "root" $ "svc" "model" "track" "stable").
+svc is one of gateway|features|preprocess|model; track is stable|canary.
+*/}}
+
+{{- define "meshserve.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Resource-name prefix, at most 40 characters so "<fullname>-preprocess-headless" fits 63. */}}
+{{- define "meshserve.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "meshserve.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The four services, in call order. */}}
+{{- define "meshserve.services" -}}
+- gateway
+- features
+- preprocess
+- model
+{{- end -}}
+
+{{/* Services that get a canary Deployment when canary.enabled. */}}
+{{- define "meshserve.canaryServices" -}}
+- gateway
+- preprocess
+- model
+{{- end -}}
+
+{{/*
+Fixed facts of each service (the service contracts): env prefix, Python module,
+and the grpc.health.v1 service name that turns SERVING once artifacts are loaded and warm.
+*/}}
+{{- define "meshserve.meta" -}}
+gateway:
+  envPrefix: MESHSERVE_GATEWAY
+  module: meshserve_gateway
+  health: meshserve.v1.PredictionService
+features:
+  envPrefix: MESHSERVE_FEATURES
+  module: meshserve_features
+  health: meshserve.v1.FeatureService
+preprocess:
+  envPrefix: MESHSERVE_PREPROCESS
+  module: meshserve_preprocess
+  health: meshserve.v1.PreprocessService
+model:
+  envPrefix: MESHSERVE_MODEL
+  module: meshserve_model
+  health: inference.GRPCInferenceService
+{{- end -}}
+
+{{/*
+All workloads to deploy: a list of {svc, track}.
+*/}}
+{{- define "meshserve.workloads" -}}
+{{- range $svc := include "meshserve.services" . | fromYamlArray }}
+- svc: {{ $svc }}
+  track: stable
+{{- end }}
+{{- if .Values.canary.enabled }}
+{{- range $svc := include "meshserve.canaryServices" . | fromYamlArray }}
+- svc: {{ $svc }}
+  track: canary
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Name of a workload's Deployment and ConfigMap: <fullname>-<svc>[-canary]. */}}
+{{- define "meshserve.workloadName" -}}
+{{- $base := printf "%s-%s" (include "meshserve.fullname" .root) .svc -}}
+{{- if eq .track "canary" -}}{{ $base }}-canary{{- else -}}{{ $base }}{{- end -}}
+{{- end -}}
+
+{{/* Name of a service's main (ClusterIP) Service. ctx: root, svc. */}}
+{{- define "meshserve.serviceName" -}}
+{{- printf "%s-%s" (include "meshserve.fullname" .root) .svc -}}
+{{- end -}}
+
+{{/* Fully qualified host of a service's main Service. ctx: root, svc. */}}
+{{- define "meshserve.serviceHost" -}}
+{{- printf "%s.%s.svc.%s" (include "meshserve.serviceName" .) .root.Release.Namespace .root.Values.clusterDomain -}}
+{{- end -}}
+
+{{/* Name of the ServiceAccount of a service. ctx: root, svc. */}}
+{{- define "meshserve.serviceAccountName" -}}
+{{- $sa := (index .root.Values .svc).serviceAccount -}}
+{{- if $sa.create -}}
+{{- default (include "meshserve.serviceName" .) $sa.name -}}
+{{- else -}}
+{{- default "default" $sa.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "meshserve.labels" -}}
+helm.sh/chart: {{ include "meshserve.chart" . }}
+{{ include "meshserve.podLabels" . }}
+{{- end -}}
+
+{{/* Labels on every pod template (no chart version, so a chart bump alone rolls nothing). */}}
+{{- define "meshserve.podLabels" -}}
+app.kubernetes.io/name: {{ include "meshserve.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: meshserve
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one service (both tracks). ctx: root, svc. */}}
+{{- define "meshserve.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "meshserve.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .svc }}
+{{- end -}}
+
+{{/* Selector labels of one workload (one track). ctx: root, svc, track. */}}
+{{- define "meshserve.workloadSelectorLabels" -}}
+{{ include "meshserve.selectorLabels" . }}
+track: {{ .track }}
+{{- end -}}
+
+{{/* Labels of an object that belongs to one service. ctx: root, svc. */}}
+{{- define "meshserve.componentLabels" -}}
+{{ include "meshserve.labels" .root }}
+app.kubernetes.io/component: {{ .svc }}
+{{- end -}}
+
+{{/* Image reference of a workload. ctx: root, svc, track. */}}
+{{- define "meshserve.image" -}}
+{{- $v := index .root.Values .svc -}}
+{{- $d := .root.Values.imageDefaults -}}
+{{- $tag := default (default .root.Chart.AppVersion $d.tag) $v.image.tag -}}
+{{- if and (eq .svc "model") $v.gpu.enabled $v.gpu.imageTag -}}
+{{- $tag = $v.gpu.imageTag -}}
+{{- end -}}
+{{- if and (eq .track "canary") .root.Values.canary.imageTag -}}
+{{- $tag = .root.Values.canary.imageTag -}}
+{{- end -}}
+{{- $repo := $v.image.repository -}}
+{{- if $d.registry -}}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $d.registry) $repo -}}
+{{- end -}}
+{{- printf "%s:%s" $repo (toString $tag) -}}
+{{- end -}}
+
+{{/*
+gRPC target the gateway of a given track uses for a downstream service.
+ctx: root, svc (downstream), track (of the calling gateway).
+- without Istio: dns:/// on the headless Service, so grpc-python balances per call
+  over the pod IPs (round_robin is set through the service config by the gateway);
+- with Istio: the ClusterIP Service; the sidecar balances per request and applies
+  the VirtualService. A canary gateway calls the canary-only Services of preprocess
+  and model (version consistency), and the shared features Service.
+*/}}
+{{- define "meshserve.target" -}}
+{{- $v := index .root.Values .svc -}}
+{{- $fullname := include "meshserve.fullname" .root -}}
+{{- $override := index .root.Values.gateway.targets .svc -}}
+{{- if and (eq .track "canary") (has .svc (include "meshserve.canaryServices" .root | fromYamlArray)) -}}
+{{- printf "%s-%s-canary:%d" $fullname .svc (int $v.port) -}}
+{{- else if $override -}}
+{{- $override -}}
+{{- else if .root.Values.istio.enabled -}}
+{{- printf "%s-%s:%d" $fullname .svc (int $v.port) -}}
+{{- else -}}
+{{- printf "dns:///%s-%s-headless.%s.svc.%s:%d" $fullname .svc .root.Release.Namespace .root.Values.clusterDomain (int $v.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Plain environment of a workload (the ConfigMap data), as a YAML map of strings.
+ctx: root, svc, track.
+*/}}
+{{- define "meshserve.configData" -}}
+{{- $root := .root -}}
+{{- $v := index $root.Values .svc -}}
+{{- $p := (index (include "meshserve.meta" . | fromYaml) .svc).envPrefix -}}
+{{- $env := dict -}}
+{{- $_ := set $env (printf "%s_HOST" $p) "0.0.0.0" -}}
+{{- $_ := set $env (printf "%s_PORT" $p) (toString $v.port) -}}
+{{- $_ := set $env (printf "%s_METRICS_PORT" $p) (toString $v.metricsPort) -}}
+{{- $_ := set $env (printf "%s_GRACE_PERIOD_S" $p) (toString $v.gracePeriodSeconds) -}}
+{{- $_ := set $env (printf "%s_LOG_LEVEL" $p) (toString $root.Values.logging.level) -}}
+{{- $_ := set $env (printf "%s_LOG_JSON" $p) (toString $root.Values.logging.json) -}}
+{{- /* The root filesystem is read-only: caches and temporary files go to emptyDirs. */ -}}
+{{- $_ := set $env "HOME" "/var/cache/meshserve" -}}
+{{- $_ := set $env "XDG_CACHE_HOME" "/var/cache/meshserve" -}}
+{{- $_ := set $env "TMPDIR" "/var/cache/meshserve" -}}
+{{- if eq .svc "gateway" -}}
+{{- range $down := list "features" "preprocess" "model" -}}
+{{- $_ := set $env (printf "%s_%s_TARGET" $p (upper $down)) (include "meshserve.target" (dict "root" $root "svc" $down "track" $.track)) -}}
+{{- end -}}
+{{- $_ := set $env (printf "%s_MAX_BATCH_ROWS" $p) (toString $v.maxBatchRows) -}}
+{{- $_ := set $env (printf "%s_MODEL_NAME" $p) (default $root.Values.model.modelName $v.modelName) -}}
+{{- else if eq .svc "features" -}}
+{{- $_ := set $env (printf "%s_FEAST_REGISTRY" $p) $v.feast.registry -}}
+{{- $_ := set $env (printf "%s_FEAST_PROJECT" $p) $v.feast.project -}}
+{{- $_ := set $env (printf "%s_FEATURE_SERVICE" $p) $v.feast.featureService -}}
+{{- $_ := set $env (printf "%s_ONLINE_STORE" $p) $v.onlineStore -}}
+{{- if and (eq $v.onlineStore "redis") (not $v.redis.existingSecret) -}}
+{{- $_ := set $env (printf "%s_REDIS_URL" $p) $v.redis.url -}}
+{{- end -}}
+{{- else -}}
+{{- /* preprocess and model load artifacts from MLflow by alias. */ -}}
+{{- $_ := set $env (printf "%s_MLFLOW_TRACKING_URI" $p) $root.Values.mlflow.trackingUri -}}
+{{- $_ := set $env "MLFLOW_TRACKING_URI" $root.Values.mlflow.trackingUri -}}
+{{- $_ := set $env (printf "%s_MODEL_NAME" $p) $v.modelName -}}
+{{- $_ := set $env (printf "%s_ALIAS" $p) (ternary $root.Values.canary.alias $v.alias (eq .track "canary")) -}}
+{{- if eq .svc "model" -}}
+{{- $_ := set $env (printf "%s_DEVICE" $p) $v.device -}}
+{{- $_ := set $env (printf "%s_NUM_THREADS" $p) (toString $v.numThreads) -}}
+{{- end -}}
+{{- end -}}
+{{- range $k, $val := $v.env -}}
+{{- $_ := set $env $k (toString $val) -}}
+{{- end -}}
+{{- range $k := keys $env | sortAlpha }}
+{{ $k }}: {{ index $env $k | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret-backed environment of a workload (secretKeyRef only; never inlined). ctx: root, svc. */}}
+{{- define "meshserve.secretEnv" -}}
+{{- $root := .root -}}
+{{- $v := index $root.Values .svc -}}
+{{- if and (has .svc (list "preprocess" "model")) $root.Values.mlflow.existingSecret -}}
+{{- range $name := keys $root.Values.mlflow.secretEnv | sortAlpha }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.mlflow.existingSecret }}
+      key: {{ index $root.Values.mlflow.secretEnv $name }}
+{{- end }}
+{{- end }}
+{{- if and (eq .svc "features") (eq $v.onlineStore "redis") $v.redis.existingSecret }}
+- name: MESHSERVE_FEATURES_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.redis.existingSecret }}
+      key: {{ $v.redis.urlKey }}
+{{- end }}
+{{- end -}}
+
+{{/* A grpc probe. args: port, service (may be empty), cfg (period/failure/timeout). */}}
+{{- define "meshserve.grpcProbe" -}}
+grpc:
+  port: {{ .port }}
+  {{- if .service }}
+  service: {{ .service }}
+  {{- end }}
+periodSeconds: {{ .cfg.periodSeconds }}
+failureThreshold: {{ .cfg.failureThreshold }}
+timeoutSeconds: {{ .cfg.timeoutSeconds }}
+{{- with .cfg.initialDelaySeconds }}
+initialDelaySeconds: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* timeout and retries of a VirtualService route. arg: istio.virtualService. */}}
+{{- define "meshserve.vsPolicy" -}}
+{{- with .timeout }}
+timeout: {{ . }}
+{{- end }}
+{{- with .retries }}
+retries:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,1 @@
+"""Run meshserve on one machine (`stack`) and call it by hand (`cli`)."""

@@ -1,0 +1,230 @@
+"""Start the four services as separate processes on 127.0.0.1, wait until each is
+ready (its own grpc.health.v1 name SERVING), and stop them all cleanly.
+
+Used by `make run` and by the end-to-end tests, so both exercise the same start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from meshserve_runtime.protocol import FEATURES_HEALTH_NAME, GATEWAY_HEALTH_NAME, MODEL_HEALTH_NAME, PREPROCESS_HEALTH_NAME
+
+HEALTH_NAMES = {
+    "features": FEATURES_HEALTH_NAME,
+    "preprocess": PREPROCESS_HEALTH_NAME,
+    "model": MODEL_HEALTH_NAME,
+    "gateway": GATEWAY_HEALTH_NAME,
+}
+DEFAULT_PORTS = {"gateway": 50051, "features": 50052, "preprocess": 50053, "model": 50054}
+DEFAULT_METRICS_PORTS = {"gateway": 9101, "features": 9102, "preprocess": 9103, "model": 9104}
+
+
+@dataclass
+class StackConfig:
+    home: Path
+    online_store: str = "sqlite"
+    redis_url: str = "127.0.0.1:6379"
+    host: str = "127.0.0.1"
+    ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    metrics_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_METRICS_PORTS))
+    log_json: bool = True
+    #: Extra env per service, e.g. {"model": {"MESHSERVE_MODEL_ALIAS": "canary"}}.
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def target(self, service: str) -> str:
+        return f"{self.host}:{self.ports[service]}"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+class Stack:
+    """The four processes. Use as a context manager, or start()/wait_ready()/stop()."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.log_dir = config.home / "logs"
+
+    def env_for(self, service: str) -> dict[str, str]:
+        c = self.config
+        prefix = f"MESHSERVE_{service.upper()}_"
+        env = dict(os.environ)
+        env.update(
+            {
+                "MESHSERVE_HOME": str(c.home),
+                prefix + "HOST": c.host,
+                prefix + "PORT": str(c.ports[service]),
+                prefix + "METRICS_PORT": str(c.metrics_ports[service]),
+                prefix + "LOG_JSON": "true" if c.log_json else "false",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        if service == "gateway":
+            for dep in ("features", "preprocess", "model"):
+                env[f"MESHSERVE_GATEWAY_{dep.upper()}_TARGET"] = c.target(dep)
+        if service == "features":
+            env["MESHSERVE_FEATURES_ONLINE_STORE"] = c.online_store
+            env["MESHSERVE_FEATURES_REDIS_URL"] = c.redis_url
+        env.update(c.extra_env.get(service, {}))
+        return env
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for service in HEALTH_NAMES:
+            log = open(self.log_dir / f"{service}.log", "ab")
+            self.procs[service] = subprocess.Popen(
+                [sys.executable, "-m", f"meshserve_{service}"],
+                env=self.env_for(service),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+            )
+            log.close()
+
+    def log_tail(self, service: str, lines: int = 30) -> str:
+        path = self.log_dir / f"{service}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def is_serving(self, service: str, timeout: float = 1.0) -> bool:
+        with grpc.insecure_channel(self.config.target(service)) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service]), timeout=timeout
+                )
+            except grpc.RpcError:
+                return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    def wait_ready(self, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = set(self.procs)
+        while waiting:
+            for service in sorted(waiting):
+                proc = self.procs[service]
+                if proc.poll() is not None:
+                    raise StackError(f"{service} exited with code {proc.returncode}:\n{self.log_tail(service)}")
+                if self.is_serving(service):
+                    waiting.discard(service)
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"--- {s}\n{self.log_tail(s)}" for s in sorted(waiting))
+                raise StackError(f"not ready after {timeout:.0f}s: {sorted(waiting)}\n{tails}")
+            time.sleep(0.25)
+
+    def stop(self, timeout: float = 20.0) -> dict[str, int | None]:
+        """SIGTERM every process (gateway first, so it stops taking calls), then wait."""
+        order = ["gateway", "features", "preprocess", "model"]
+        for service in order:
+            proc = self.procs.get(service)
+            if proc and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        deadline = time.monotonic() + timeout
+        for service in order:
+            proc = self.procs.get(service)
+            if not proc:
+                continue
+            try:
+                codes[service] = proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[service] = proc.wait()
+        return codes
+
+    def __enter__(self) -> Stack:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+EXAMPLE = """
+meshserve is up:
+  gateway     {gateway}   (meshserve.v1.PredictionService)
+  features    {features}
+  preprocess  {preprocess}
+  model       {model}   (KServe V2: inference.GRPCInferenceService)
+  logs        {logs}
+
+Try it:
+  {venv}meshserve predict --driver 1001 --customer 2001
+  grpcurl -plaintext -d '{{"entities":[{{"values":{{"driver_id":{{"int64Value":"1001"}},"customer_id":{{"int64Value":"2001"}}}}}}]}}' \\
+      {gateway} meshserve.v1.PredictionService/PredictEntities
+
+Ctrl-C stops all four.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from meshserve_runtime.settings import meshserve_home
+
+    parser = argparse.ArgumentParser(prog="meshserve up", description="Run the four meshserve services locally.")
+    parser.add_argument("--train-if-empty", action="store_true", help="train and register the demo model first if the registry has none")
+    parser.add_argument("--online-store", choices=["sqlite", "redis"], default=os.environ.get("MESHSERVE_FEATURES_ONLINE_STORE", "sqlite"))
+    parser.add_argument("--redis-url", default=os.environ.get("MESHSERVE_FEATURES_REDIS_URL", "127.0.0.1:6379"))
+    args = parser.parse_args(argv)
+
+    home = meshserve_home()
+    if args.train_if_empty:
+        cmd = [sys.executable, "-m", "meshserve_training", "train", "--if-empty"]
+        if args.online_store == "redis":
+            cmd += ["--online-store", "redis", "--redis-url", args.redis_url]
+        print(f"checking the registry in {home} (training the demo model if it is empty)...", flush=True)
+        subprocess.run(cmd, check=True, env={**os.environ, "MESHSERVE_HOME": str(home)})
+
+    config = StackConfig(home=home, online_store=args.online_store, redis_url=args.redis_url)
+    stack = Stack(config)
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print("starting gateway, features, preprocess and model...", flush=True)
+    stack.start()
+    try:
+        stack.wait_ready()
+        venv = str(Path(sys.executable).parent) + "/"
+        print(EXAMPLE.format(**{s: config.target(s) for s in DEFAULT_PORTS}, logs=stack.log_dir, venv=venv), flush=True)
+        while not stop:
+            for service, proc in stack.procs.items():
+                if proc.poll() is not None:
+                    print(f"{service} exited with code {proc.returncode}:\n{stack.log_tail(service)}", flush=True)
+                    stop = True
+            time.sleep(0.5)
+    except StackError as err:
+        print(err, file=sys.stderr)
+        return 1
+    finally:
+        print("stopping...", flush=True)
+        codes = stack.stop()
+        print("stopped: " + ", ".join(f"{s} exit {c}" for s, c in codes.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Conversion between meshserve's wire types and numpy, in one place.
+
+Every decoder validates what it reads and raises InvalidArgument with a message that
+names the offending column or field, so services never index into malformed input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from meshserve.v1 import types_pb2
+
+from meshserve_runtime.errors import InvalidArgument
+
+_DTYPES: dict[int, np.dtype] = {
+    types_pb2.DTYPE_FLOAT32: np.dtype("<f4"),
+    types_pb2.DTYPE_FLOAT64: np.dtype("<f8"),
+    types_pb2.DTYPE_INT32: np.dtype("<i4"),
+    types_pb2.DTYPE_INT64: np.dtype("<i8"),
+    types_pb2.DTYPE_BOOL: np.dtype("?"),
+}
+_DTYPE_ENUM: dict[np.dtype, int] = {v.newbyteorder("="): k for k, v in _DTYPES.items()}
+
+KIND_DOUBLE = "double_values"
+KIND_INT64 = "int64_values"
+KIND_STRING = "string_values"
+KIND_BOOL = "bool_values"
+_KIND_DTYPE = {KIND_DOUBLE: np.float64, KIND_INT64: np.int64, KIND_STRING: object, KIND_BOOL: np.bool_}
+
+
+@dataclass(slots=True)
+class ColumnData:
+    """One decoded column: values plus an optional null mask (True = null)."""
+
+    kind: str
+    values: np.ndarray
+    null: np.ndarray | None = None
+
+    def null_mask(self) -> np.ndarray:
+        return self.null if self.null is not None else np.zeros(len(self.values), dtype=bool)
+
+
+def decode_frame(frame: types_pb2.Frame, *, max_rows: int | None = None) -> dict[str, ColumnData]:
+    """Frame -> {name: ColumnData}, checking names, types and lengths."""
+    n = frame.num_rows
+    if n < 0:
+        raise InvalidArgument(f"frame.num_rows must be >= 0, got {n}")
+    if max_rows is not None and n > max_rows:
+        raise InvalidArgument(f"frame has {n} rows; at most {max_rows} are accepted per call")
+    out: dict[str, ColumnData] = {}
+    for col in frame.columns:
+        if not col.name:
+            raise InvalidArgument("every frame column needs a name")
+        if col.name in out:
+            raise InvalidArgument(f"column {col.name!r} appears twice")
+        kind = col.WhichOneof("values")
+        if kind is None:
+            raise InvalidArgument(f"column {col.name!r} has no values (set one of double/int64/string/bool values)")
+        raw = getattr(col, kind).values
+        if len(raw) != n:
+            raise InvalidArgument(f"column {col.name!r} has {len(raw)} values but frame.num_rows is {n}")
+        values = np.array(raw, dtype=_KIND_DTYPE[kind]) if n else np.empty(0, dtype=_KIND_DTYPE[kind])
+        null = None
+        if len(col.null_mask):
+            if len(col.null_mask) != n:
+                raise InvalidArgument(f"column {col.name!r} null_mask has {len(col.null_mask)} entries; expected {n}")
+            null = np.array(col.null_mask, dtype=bool)
+            if not null.any():
+                null = None
+        out[col.name] = ColumnData(kind, values, null)
+    return out
+
+
+def encode_frame(columns: Mapping[str, ColumnData], num_rows: int) -> types_pb2.Frame:
+    """{name: ColumnData} -> Frame."""
+    frame = types_pb2.Frame(num_rows=num_rows)
+    for name, data in columns.items():
+        col = frame.columns.add(name=name)
+        getattr(col, data.kind).values.extend(data.values.tolist())
+        if data.null is not None and data.null.any():
+            col.null_mask.extend(data.null.tolist())
+    return frame
+
+
+def float_column(values: np.ndarray, null: np.ndarray | None = None) -> ColumnData:
+    return ColumnData(KIND_DOUBLE, np.asarray(values, dtype=np.float64), null)
+
+
+def int_column(values: Sequence[int] | np.ndarray, null: np.ndarray | None = None) -> ColumnData:
+    return ColumnData(KIND_INT64, np.asarray(values, dtype=np.int64), null)
+
+
+def decode_tensor(tensor: types_pb2.Tensor) -> np.ndarray:
+    """Tensor -> numpy array (a read-only view over the message bytes)."""
+    dtype = _DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise InvalidArgument(f"tensor dtype {types_pb2.DType.Name(tensor.dtype) if tensor.dtype in types_pb2.DType.values() else tensor.dtype} is not supported")
+    shape = tuple(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"tensor shape {list(shape)} has a negative dimension")
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    expected = count * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise InvalidArgument(
+            f"tensor data has {len(tensor.data)} bytes; shape {list(shape)} of {dtype.name} needs {expected}"
+        )
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def encode_tensor(array: np.ndarray) -> types_pb2.Tensor:
+    """numpy array -> Tensor (little-endian, row-major)."""
+    array = np.ascontiguousarray(array)
+    native = array.dtype.newbyteorder("=")
+    enum = _DTYPE_ENUM.get(native)
+    if enum is None:
+        raise ValueError(f"no wire dtype for {array.dtype}")
+    data = array.astype(_DTYPES[enum], copy=False).tobytes()
+    return types_pb2.Tensor(shape=list(array.shape), dtype=enum, data=data)

@@ -1,0 +1,19 @@
+"""Names the services agree on beyond what the .proto files say."""
+
+from __future__ import annotations
+
+#: ModelInfer request parameter carrying the run id of the preprocessor that made the
+#: input tensor; the model service refuses a tensor from another run (skew guard).
+PREPROCESSOR_RUN_ID_PARAMETER = "meshserve.preprocessor_run_id"
+
+#: ModelInfer response parameter with the run id of the model that answered.
+MODEL_RUN_ID_PARAMETER = "meshserve.model_run_id"
+
+#: Health names (fully qualified gRPC service names) that gate each service's readiness.
+GATEWAY_HEALTH_NAME = "meshserve.v1.PredictionService"
+FEATURES_HEALTH_NAME = "meshserve.v1.FeatureService"
+PREPROCESS_HEALTH_NAME = "meshserve.v1.PreprocessService"
+MODEL_HEALTH_NAME = "inference.GRPCInferenceService"
+
+#: ModelInfer response parameter with the registry alias the model was loaded from.
+MODEL_ALIAS_PARAMETER = "meshserve.model_alias"

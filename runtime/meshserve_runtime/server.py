@@ -1,0 +1,168 @@
+"""Run one meshserve service: the start-up and shutdown every service shares.
+
+Lifecycle:
+1. The gRPC server starts with health, reflection and the metrics endpoint; health ""
+   is SERVING as soon as the process accepts calls (liveness), the service's own name
+   is NOT_SERVING.
+2. Service.load() loads and warms the artifacts (retried until it succeeds); only then
+   is the service's own health name SERVING (readiness).
+3. On SIGTERM/SIGINT: every health name goes NOT_SERVING first, the server stops taking
+   new calls, in-flight calls get `grace_period_s` to finish, then Service.close().
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from meshserve_runtime.interceptors import ServerInterceptor
+from meshserve_runtime.logging import configure_logging
+from meshserve_runtime.metrics import READY, start_metrics_server
+from meshserve_runtime.settings import ServerSettings
+
+log = logging.getLogger("meshserve.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class Service(abc.ABC):
+    """One meshserve service: its servicers plus its artifacts' lifecycle."""
+
+    #: Fully qualified gRPC service name; also the health name that gates readiness.
+    name: str
+
+    @abc.abstractmethod
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        """Add this service's servicers to the server; return the full service names."""
+
+    async def load(self) -> bool:
+        """Load and warm up artifacts; return True when ready to serve.
+
+        Runs after the server has started, so health and liveness answer meanwhile.
+        Raising or returning False keeps the service not-ready and is retried.
+        """
+        return True
+
+    async def close(self) -> None:
+        """Release resources after the server has stopped."""
+
+
+def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    """Server channel arguments, chosen deliberately (see comments)."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Accept client keepalive pings every 10 s without calling them abusive.
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_connection_age_s > 0:
+        # Clients reconnect (and re-resolve DNS) so new pods behind an HPA get traffic.
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(max(settings.grace_period_s, 1) * 1000)),
+        ]
+    return options
+
+
+class ServiceRunner:
+    """Owns the grpc.aio server, health state and shutdown of one Service."""
+
+    def __init__(self, service: Service, settings: ServerSettings) -> None:
+        self.service = service
+        self.settings = settings
+        self.health = HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        s = self.settings
+        self.server = grpc.aio.server(
+            interceptors=[ServerInterceptor(self.service.name, access_log=s.access_log)],
+            options=server_options(s),
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+        )
+        names = list(self.service.register(self.server))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, self.server)
+        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise RuntimeError(f"could not bind {s.host}:{s.port}")
+        await self.health.set(self.service.name, NOT_SERVING)
+        READY.labels(self.service.name).set(0)
+        await self.server.start()
+        start_metrics_server(s.host, s.metrics_port)
+        log.info("listening", extra={"service": self.service.name, "address": f"{s.host}:{self.port}", "metrics_port": s.metrics_port})
+
+    async def load_until_ready(self) -> None:
+        """Load artifacts, retrying on failure, then report SERVING."""
+        attempt = 0
+        while not self._stop.is_set():
+            attempt += 1
+            try:
+                ok = await self.service.load()
+            except Exception:
+                log.exception("loading artifacts failed (attempt %d); retrying in %.1fs", attempt, self.settings.load_retry_s)
+                ok = False
+            if ok:
+                if not self._stop.is_set():
+                    await self.health.set(self.service.name, SERVING)
+                    READY.labels(self.service.name).set(1)
+                    self._ready.set()
+                    log.info("ready", extra={"service": self.service.name})
+                return
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.load_retry_s)
+            except TimeoutError:
+                pass
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def set_ready(self, ready: bool) -> None:
+        """Flip the service's own health name, e.g. when a dependency goes away."""
+        if self._stop.is_set():
+            return
+        await self.health.set(self.service.name, SERVING if ready else NOT_SERVING)
+        READY.labels(self.service.name).set(1 if ready else 0)
+
+    async def drain(self) -> None:
+        """NOT_SERVING everywhere, then stop taking calls and let in-flight ones finish."""
+        assert self.server is not None
+        log.info("draining", extra={"service": self.service.name, "grace_period_s": self.settings.grace_period_s})
+        READY.labels(self.service.name).set(0)
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_period_s)
+        await self.service.close()
+        log.info("stopped", extra={"service": self.service.name})
+
+    async def run(self) -> None:
+        """Start, load, serve until SIGTERM/SIGINT, then drain."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        loader = asyncio.create_task(self.load_until_ready(), name="load")
+        await self._stop.wait()
+        loader.cancel()
+        await asyncio.gather(loader, return_exceptions=True)
+        await self.drain()
+
+
+def serve(service: Service, settings: ServerSettings) -> None:
+    """Process entry point: configure logging and run the service until signalled."""
+    configure_logging(settings.log_level, settings.log_json)
+    asyncio.run(ServiceRunner(service, settings).run())

@@ -1,0 +1,48 @@
+"""Settings shared by every meshserve service.
+
+Each service subclasses ServerSettings with its own env prefix
+(MESHSERVE_GATEWAY_, MESHSERVE_FEATURES_, ...). Field docstrings become the field
+descriptions, which the README's settings table is generated from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def meshserve_home() -> Path:
+    """Root of local state (MLflow db, artifacts, Feast registry): $MESHSERVE_HOME or ./.meshserve."""
+    return Path(os.environ.get("MESHSERVE_HOME", ".meshserve")).resolve()
+
+
+class ServerSettings(BaseSettings):
+    """What every service's gRPC server needs. Subclasses set `env_prefix`."""
+
+    model_config = SettingsConfigDict(use_attribute_docstrings=True, extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    """Address the gRPC and metrics servers bind to (0.0.0.0 in a pod)."""
+    port: int = Field(default=0, ge=0, le=65535)
+    """gRPC port."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Prometheus metrics HTTP port (0 disables the endpoint)."""
+    grace_period_s: float = Field(default=10.0, ge=0)
+    """On SIGTERM: how long in-flight calls may take to finish before they are cancelled."""
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest gRPC message accepted or sent."""
+    max_concurrent_rpcs: int = Field(default=2048, ge=1)
+    """Calls handled at once; past it the server answers RESOURCE_EXHAUSTED at once."""
+    max_connection_age_s: float = Field(default=300.0, ge=0)
+    """Clients reconnect after this long, so new pods behind an HPA get traffic (0: never)."""
+    load_retry_s: float = Field(default=5.0, gt=0)
+    """Wait between attempts when loading artifacts fails at start-up."""
+    log_level: str = "INFO"
+    """Log level (DEBUG, INFO, WARNING, ERROR)."""
+    log_json: bool = True
+    """JSON log lines (false: plain text, for a terminal)."""
+    access_log: bool = False
+    """One log line per RPC (method, status, duration, peer) at INFO."""

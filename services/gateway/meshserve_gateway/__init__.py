@@ -1,0 +1,1 @@
+"""meshserve gateway: the public PredictionService."""

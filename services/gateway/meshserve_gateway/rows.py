@@ -1,0 +1,78 @@
+"""Row-oriented request messages -> the columnar Frame the internal services take."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from meshserve.v1 import types_pb2
+
+from meshserve_runtime.codecs import KIND_BOOL, KIND_DOUBLE, KIND_INT64, KIND_STRING, ColumnData, encode_frame
+from meshserve_runtime.errors import InvalidArgument
+
+_KIND_OF_VALUE = {
+    "int64_value": KIND_INT64,
+    "double_value": KIND_DOUBLE,
+    "string_value": KIND_STRING,
+    "bool_value": KIND_BOOL,
+}
+_PLACEHOLDER = {KIND_INT64: 0, KIND_DOUBLE: 0.0, KIND_STRING: "", KIND_BOOL: False}
+_DTYPE = {KIND_INT64: np.int64, KIND_DOUBLE: np.float64, KIND_STRING: object, KIND_BOOL: np.bool_}
+
+
+def rows_to_frame(rows: Sequence[types_pb2.Row], field: str, *, allow_null: bool) -> types_pb2.Frame:
+    """Every row must have the same keys; a column's type is its values' common type
+    (int64 and double mix to double); null is allowed only where the caller says."""
+    first = rows[0].values
+    if not first:
+        raise InvalidArgument(f"{field}[0] has no values")
+    names = sorted(first.keys())
+    name_set = set(names)
+    cells: dict[str, list] = {name: [] for name in names}
+    for i, row in enumerate(rows):
+        values = row.values
+        if len(values) != len(names) or set(values.keys()) != name_set:
+            missing = sorted(name_set - set(values.keys()))
+            extra = sorted(set(values.keys()) - name_set)
+            detail = f"missing {missing}" if missing else f"unexpected {extra}"
+            raise InvalidArgument(f"{field}[{i}] has a different key set than {field}[0]: {detail}")
+        for name in names:
+            cells[name].append(values[name])
+    columns: dict[str, ColumnData] = {}
+    for name in names:
+        columns[name] = _column(cells[name], f"{field}[*].{name}", allow_null)
+    return encode_frame(columns, len(rows))
+
+
+def _column(values: list[types_pb2.Value], where: str, allow_null: bool) -> ColumnData:
+    kinds = [v.WhichOneof("kind") for v in values]
+    present = {k for k in kinds if k != "null_value"}
+    if None in present:
+        i = kinds.index(None)
+        raise InvalidArgument(f"{where} row {i} has no value set")
+    if len(present) < len(kinds) and not allow_null and "null_value" in kinds:
+        i = kinds.index("null_value")
+        raise InvalidArgument(f"{where} row {i} is null; a value is required here")
+    col_kinds = {_KIND_OF_VALUE[k] for k in present}
+    if not col_kinds:
+        kind = KIND_DOUBLE
+    elif col_kinds == {KIND_INT64, KIND_DOUBLE}:
+        kind = KIND_DOUBLE
+    elif len(col_kinds) == 1:
+        kind = col_kinds.pop()
+    else:
+        raise InvalidArgument(f"{where} mixes types {sorted(k.removesuffix('_values') for k in col_kinds)}")
+    null = np.array([k == "null_value" for k in kinds], dtype=bool)
+    placeholder = _PLACEHOLDER[kind]
+    data = [placeholder if k == "null_value" else getattr(v, k) for v, k in zip(values, kinds)]
+    return ColumnData(kind, np.array(data, dtype=_DTYPE[kind]), null if null.any() else None)
+
+
+def describe_row(row: types_pb2.Row) -> str:
+    """driver_id=1001, customer_id=2001 — for error messages."""
+    parts = []
+    for name in sorted(row.values):
+        v = row.values[name]
+        kind = v.WhichOneof("kind")
+        parts.append(f"{name}={getattr(v, kind) if kind and kind != 'null_value' else 'null'}")
+    return ", ".join(parts)

@@ -1,0 +1,1 @@
+"""meshserve model: PyTorch inference over the Open Inference Protocol (KServe V2)."""

@@ -1,0 +1,71 @@
+"""Open Inference Protocol tensors <-> numpy, with the checks a V2 request needs."""
+
+from __future__ import annotations
+
+import numpy as np
+from meshserve.inference.v2 import open_inference_pb2 as v2
+
+from meshserve_runtime.errors import InvalidArgument
+
+from meshserve_model.model import INPUT_NAME, OUTPUT_NAME
+
+_TYPED_FIELDS = (
+    "bool_contents", "int_contents", "int64_contents", "uint_contents",
+    "uint64_contents", "fp32_contents", "fp64_contents", "bytes_contents",
+)
+
+
+def decode_input(request: v2.ModelInferRequest, num_features: int, max_rows: int) -> tuple[np.ndarray, bool]:
+    """Return the FP32 [n, num_features] input and whether it came as raw bytes."""
+    if len(request.inputs) != 1:
+        raise InvalidArgument(f"expected exactly one input tensor {INPUT_NAME!r}, got {len(request.inputs)}")
+    tensor = request.inputs[0]
+    if tensor.name != INPUT_NAME:
+        raise InvalidArgument(f"unknown input {tensor.name!r}: this model takes one input named {INPUT_NAME!r}")
+    if tensor.datatype != "FP32":
+        raise InvalidArgument(f"input {INPUT_NAME!r} must have datatype FP32, got {tensor.datatype!r}")
+    shape = list(tensor.shape)
+    if len(shape) != 2 or shape[1] != num_features:
+        raise InvalidArgument(f"input {INPUT_NAME!r} must have shape [n, {num_features}], got {shape}")
+    n = shape[0]
+    if n < 1:
+        raise InvalidArgument(f"input {INPUT_NAME!r} has {n} rows; send at least one")
+    if n > max_rows:
+        raise InvalidArgument(f"input {INPUT_NAME!r} has {n} rows; at most {max_rows} are accepted per call")
+    count = n * num_features
+    raw = len(request.raw_input_contents) > 0
+    if raw:
+        if len(request.raw_input_contents) != 1:
+            raise InvalidArgument(f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input")
+        if any(len(getattr(tensor.contents, f)) for f in _TYPED_FIELDS):
+            raise InvalidArgument("send the input either as raw_input_contents or as typed contents, not both")
+        data = request.raw_input_contents[0]
+        if len(data) != count * 4:
+            raise InvalidArgument(f"raw input has {len(data)} bytes; shape {shape} of FP32 needs {count * 4}")
+        x = np.frombuffer(data, dtype="<f4").reshape(n, num_features)
+    else:
+        others = [f for f in _TYPED_FIELDS if f != "fp32_contents" and len(getattr(tensor.contents, f))]
+        if others:
+            raise InvalidArgument(f"FP32 input must use contents.fp32_contents, not {others[0]}")
+        values = tensor.contents.fp32_contents
+        if len(values) != count:
+            raise InvalidArgument(f"contents.fp32_contents has {len(values)} values; shape {shape} needs {count}")
+        x = np.array(values, dtype=np.float32).reshape(n, num_features)
+    if not np.isfinite(x).all():
+        raise InvalidArgument(f"input {INPUT_NAME!r} contains NaN or infinity")
+    return x, raw
+
+
+def check_requested_outputs(request: v2.ModelInferRequest) -> None:
+    for out in request.outputs:
+        if out.name != OUTPUT_NAME:
+            raise InvalidArgument(f"unknown output {out.name!r}: this model produces {OUTPUT_NAME!r}")
+
+
+def encode_output(response: v2.ModelInferResponse, probabilities: np.ndarray, raw: bool) -> None:
+    """Add the probability output; raw bytes when the request came raw, typed otherwise."""
+    out = response.outputs.add(name=OUTPUT_NAME, datatype="FP32", shape=list(probabilities.shape))
+    if raw:
+        response.raw_output_contents.append(np.ascontiguousarray(probabilities, dtype="<f4").tobytes())
+    else:
+        out.contents.fp32_contents.extend(probabilities.ravel().tolist())

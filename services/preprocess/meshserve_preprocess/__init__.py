@@ -1,0 +1,1 @@
+"""meshserve preprocess: serves the registered scikit-learn preprocessor over gRPC."""

@@ -1,0 +1,36 @@
+"""PreprocessService: a thin gRPC adapter over the loaded preprocessor."""
+
+from __future__ import annotations
+
+import grpc
+from meshserve.v1 import preprocess_pb2, preprocess_pb2_grpc
+
+from meshserve_runtime.codecs import decode_frame, encode_tensor
+from meshserve_runtime.errors import InvalidArgument, Unavailable
+
+from meshserve_preprocess.transformer import LoadedPreprocessor
+
+
+class PreprocessServicer(preprocess_pb2_grpc.PreprocessServiceServicer):
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self.current: LoadedPreprocessor | None = None
+
+    def _loaded(self) -> LoadedPreprocessor:
+        if self.current is None:
+            raise Unavailable("the preprocessor is still loading; retry shortly")
+        return self.current
+
+    async def Transform(self, request: preprocess_pb2.TransformRequest, context: grpc.aio.ServicerContext) -> preprocess_pb2.TransformResponse:
+        pre = self._loaded()  # one reference for the whole call: a reload can't mix versions
+        if not request.HasField("frame") or request.frame.num_rows == 0:
+            raise InvalidArgument("frame is empty: send at least one row")
+        columns = decode_frame(request.frame, max_rows=self.max_rows)
+        x = pre.to_matrix(columns, request.frame.num_rows)
+        return preprocess_pb2.TransformResponse(tensor=encode_tensor(pre.transform(x)), preprocessor=pre.artifact.identity())
+
+    async def GetPreprocessorInfo(self, request: preprocess_pb2.GetPreprocessorInfoRequest, context: grpc.aio.ServicerContext) -> preprocess_pb2.GetPreprocessorInfoResponse:
+        pre = self._loaded()
+        return preprocess_pb2.GetPreprocessorInfoResponse(
+            input_columns=list(pre.input_columns), num_outputs=pre.num_outputs, preprocessor=pre.artifact.identity()
+        )

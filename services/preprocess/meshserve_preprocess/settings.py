@@ -1,0 +1,29 @@
+"""Settings of the preprocess service (env prefix MESHSERVE_PREPROCESS_)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from meshserve_runtime.settings import ServerSettings, meshserve_home
+
+
+def _default_tracking_uri() -> str:
+    return f"sqlite:///{meshserve_home() / 'mlflow.db'}"
+
+
+class PreprocessSettings(ServerSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_PREPROCESS_")
+
+    port: int = 50053
+    """gRPC port."""
+    metrics_port: int = 9103
+    """Prometheus metrics HTTP port (0 disables the endpoint)."""
+    mlflow_tracking_uri: str = Field(default_factory=_default_tracking_uri)
+    """MLflow tracking/registry URI the preprocessor is loaded from."""
+    model_name: str = "driver_ranking_preprocessor"
+    """Registered model name of the preprocessor."""
+    alias: str = "production"
+    """Registry alias to serve (e.g. production, or canary on canary pods)."""
+    max_rows: int = Field(default=4096, ge=1)
+    """Most rows one Transform call may carry."""

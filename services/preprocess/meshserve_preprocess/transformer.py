@@ -1,0 +1,94 @@
+"""The loaded preprocessor: the registered scikit-learn pipeline plus its input schema.
+
+The pipeline was fitted on a float64 numpy array whose columns follow the model
+signature's input names, so serving builds that array directly (no pandas per request)
+and calls the very artifact training used: training and serving cannot skew.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from meshserve_runtime.codecs import KIND_DOUBLE, KIND_INT64, ColumnData
+from meshserve_runtime.errors import InvalidArgument
+from meshserve_runtime.registry import ResolvedArtifact, resolve_alias
+
+log = logging.getLogger("meshserve.preprocess")
+
+_NUMERIC_KINDS = (KIND_DOUBLE, KIND_INT64)
+
+
+@dataclass(slots=True)
+class LoadedPreprocessor:
+    artifact: ResolvedArtifact
+    pipeline: Any
+    input_columns: tuple[str, ...]
+    num_outputs: int
+
+    def to_matrix(self, columns: dict[str, ColumnData], num_rows: int) -> np.ndarray:
+        """Validate the decoded columns and lay them out as the pipeline's float64 input."""
+        expected = set(self.input_columns)
+        missing = [c for c in self.input_columns if c not in columns]
+        unknown = sorted(set(columns) - expected)
+        if missing or unknown:
+            parts = []
+            if missing:
+                parts.append(f"missing columns {missing}")
+            if unknown:
+                parts.append(f"unknown columns {unknown}")
+            raise InvalidArgument(f"wrong column set: {'; '.join(parts)}; expected exactly {list(self.input_columns)}")
+        x = np.empty((num_rows, len(self.input_columns)), dtype=np.float64)
+        for j, name in enumerate(self.input_columns):
+            col = columns[name]
+            if col.kind not in _NUMERIC_KINDS:
+                raise InvalidArgument(f"column {name!r} must be double or int64, got {col.kind.removesuffix('_values')}")
+            values = col.values.astype(np.float64, copy=False)
+            if col.null is not None:
+                values = np.where(col.null, np.nan, values)
+                finite = np.isfinite(values) | col.null
+            else:
+                finite = np.isfinite(values)
+            if not finite.all():
+                row = int(np.argmin(finite))
+                raise InvalidArgument(
+                    f"column {name!r} row {row} is {values[row]!r}: NaN and infinity are not accepted; "
+                    "mark a missing value as null instead"
+                )
+            x[:, j] = values
+        return x
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        out = self.pipeline.transform(x)
+        return np.asarray(out, dtype=np.float32)
+
+
+def load_preprocessor(tracking_uri: str, name: str, alias: str) -> LoadedPreprocessor:
+    """Resolve the alias, load that exact version and warm it up (blocking)."""
+    import mlflow.models
+    import mlflow.sklearn
+
+    start = time.perf_counter()
+    artifact = resolve_alias(tracking_uri, name, alias)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    pipeline = mlflow.sklearn.load_model(artifact.uri)
+    info = mlflow.models.get_model_info(artifact.uri)
+    if info.signature is None or not info.signature.inputs.has_input_names():
+        raise RuntimeError(f"{artifact.uri} has no input signature with column names; re-register it with one")
+    columns = tuple(info.signature.inputs.input_names())
+    probe = np.zeros((2, len(columns)), dtype=np.float64)
+    num_outputs = int(np.asarray(pipeline.transform(probe)).shape[1])
+    loaded = LoadedPreprocessor(artifact, pipeline, columns, num_outputs)
+    # Warm-up: the first transform of each batch shape pays one-off costs.
+    for n in (1, 8, 64, 256):
+        loaded.transform(np.zeros((n, len(columns)), dtype=np.float64))
+    log.info(
+        "preprocessor loaded",
+        extra={**artifact.labels(), "columns": list(columns), "seconds": round(time.perf_counter() - start, 2)},
+    )
+    return loaded
