@@ -203,6 +203,7 @@ ctx: root, svc, track.
 {{- $_ := set $env (printf "%s_LOG_JSON" $p) (toString $root.Values.logging.json) -}}
 {{- /* The root filesystem is read-only: caches and temporary files go to emptyDirs. */ -}}
 {{- $_ := set $env "HOME" "/var/cache/meshserve" -}}
+{{- $_ := set $env "MESHSERVE_HOME" "/var/cache/meshserve" -}}
 {{- $_ := set $env "XDG_CACHE_HOME" "/var/cache/meshserve" -}}
 {{- $_ := set $env "TMPDIR" "/var/cache/meshserve" -}}
 {{- if eq .svc "gateway" -}}
