@@ -34,7 +34,8 @@ class ResolvedArtifact:
         return types_pb2.ArtifactIdentity(name=self.name, version=self.version, run_id=self.run_id, alias=self.alias)
 
     def labels(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version, "alias": self.alias, "run_id": self.run_id}
+        """For logs and the artifact info metric ("name" would clash with LogRecord.name)."""
+        return {"model": self.name, "version": self.version, "alias": self.alias, "run_id": self.run_id}
 
 
 class ArtifactNotFound(LookupError):

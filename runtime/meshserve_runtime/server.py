@@ -114,8 +114,12 @@ class ServiceRunner:
             attempt += 1
             try:
                 ok = await self.service.load()
-            except Exception:
-                log.exception("loading artifacts failed (attempt %d); retrying in %.1fs", attempt, self.settings.load_retry_s)
+            except Exception as err:
+                # The whole traceback once; after that one line per attempt.
+                log.error(
+                    "loading artifacts failed (attempt %d): %s; retrying in %.1fs",
+                    attempt, err, self.settings.load_retry_s, exc_info=attempt == 1,
+                )
                 ok = False
             if ok:
                 if not self._stop.is_set():

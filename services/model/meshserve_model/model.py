@@ -31,7 +31,8 @@ class LoadedModel:
     @torch.inference_mode()
     def predict(self, x: np.ndarray) -> np.ndarray:
         """float32 [n, num_features] -> float32 [n, 1] probabilities."""
-        t = torch.from_numpy(x)
+        # Wire buffers are read-only; torch wants writable memory (a copy of a few KB).
+        t = torch.from_numpy(x if x.flags.writeable else x.copy())
         if self.device.type == "cuda":
             # Pinned host memory lets the copy overlap with other work.
             t = t.pin_memory().to(self.device, non_blocking=True)
@@ -63,9 +64,11 @@ def load_model(tracking_uri: str, name: str, alias: str, device_preference: str,
     info = mlflow.models.get_model_info(artifact.uri)
     num_features = _num_features(info.signature)
     module = mlflow.pytorch.load_model(artifact.uri, map_location=device)
-    if hasattr(module, "eval"):
+    try:
         module.eval()  # MLflow's loader does not: dropout/batch-norm must be in inference mode
-    module = module.to(device) if hasattr(module, "to") else module
+    except NotImplementedError:
+        pass  # a torch.export graph was captured in eval mode at training time and cannot switch
+    module = module.to(device)
     loaded = LoadedModel(artifact, module, device, num_features, platform=f"pytorch_{torch.__version__}")
     for n in warmup_batch_sizes:
         out = loaded.predict(np.zeros((n, num_features), dtype=np.float32))
