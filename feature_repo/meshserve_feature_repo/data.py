@@ -65,16 +65,36 @@ def generate(
     anchor: datetime | None = None,
 ) -> DemoData:
     """Write driver stats, customer profiles and orders as parquet files under data_dir."""
+    anchor = current_anchor(anchor)
+    start = anchor - timedelta(days=days)
+    # The Feast generators draw from numpy's global RNG: seed it, and give the caller's
+    # RNG state back afterwards.
+    saved = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        drivers, customers, orders = _draw(start, anchor, order_count)
+    finally:
+        np.random.set_state(saved)
+
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out = DemoData(data_dir, anchor, start)
+    # Write to a temp name then rename: a reader never sees a half-written file.
+    for df, path in ((drivers, out.driver_stats), (customers, out.customer_profile), (orders, out.orders)):
+        tmp = path.with_suffix(".parquet.tmp")
+        df.reset_index(drop=True).to_parquet(tmp, index=False)
+        tmp.replace(path)
+    return out
+
+
+def _draw(start: datetime, anchor: datetime, order_count: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The three tables, drawn from the (seeded) global RNG in a fixed order."""
     # Imported here: importing feast costs seconds and pulls in torch.
     from feast.driver_test_data import (
         create_customer_daily_profile_df,
         create_driver_hourly_stats_df,
         create_orders_df,
     )
-
-    anchor = current_anchor(anchor)
-    start = anchor - timedelta(days=days)
-    np.random.seed(seed)  # the Feast generators draw from numpy's global RNG
 
     # Hourly rows at start+1h .. anchor (the generator excludes its end).
     drivers = create_driver_hourly_stats_df(list(DRIVERS), start + timedelta(hours=1), anchor + timedelta(hours=1))
@@ -96,15 +116,7 @@ def generate(
     orders = orders.sort_values(["event_timestamp", "order_id"]).reset_index(drop=True)
     orders["order_is_success"] = _learnable_labels(orders, drivers, customers)
 
-    data_dir = Path(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    out = DemoData(data_dir, anchor, start)
-    # Write to a temp name then rename: a reader never sees a half-written file.
-    for df, path in ((drivers, out.driver_stats), (customers, out.customer_profile), (orders, out.orders)):
-        tmp = path.with_suffix(".parquet.tmp")
-        df.reset_index(drop=True).to_parquet(tmp, index=False)
-        tmp.replace(path)
-    return out
+    return drivers, customers, orders
 
 
 def _learnable_labels(orders: pd.DataFrame, drivers: pd.DataFrame, customers: pd.DataFrame) -> np.ndarray:

@@ -16,16 +16,7 @@ import pytest
 
 from meshserve_local.stack import HEALTH_NAMES, Stack, StackConfig
 
-REDIS_TEST_URL = "127.0.0.1:6379,db=15"  # a database of its own: never a developer's data
-
-
-def redis_available() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+from tests.fixtures.trained import REDIS_TEST_URL, TrainedHome, redis_available
 
 
 def free_ports(n: int) -> list[int]:
@@ -41,13 +32,9 @@ def free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def trained_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A MESHSERVE_HOME with the demo model trained, registered and materialized."""
-    from tests.fixtures.trained import train_into
-
-    home = tmp_path_factory.mktemp("meshserve-home")
-    train_into(home, REDIS_TEST_URL if redis_available() else None)
-    return home
+def trained_home(trained: TrainedHome) -> Path:
+    """The MESHSERVE_HOME the stacks run on (see tests/conftest.py)."""
+    return trained.home
 
 
 def make_stack_config(home: Path, online_store: str) -> StackConfig:

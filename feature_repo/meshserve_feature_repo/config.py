@@ -1,0 +1,126 @@
+"""Where the Feast repo lives and which online store it uses, built without a feature_store.yaml.
+
+The features service owns the online store, so these settings are read from its
+variables (MESHSERVE_FEATURES_*) wherever they are used: training materializes into the
+very store the service reads, and ONE setting (MESHSERVE_FEATURES_ONLINE_STORE=redis,
+plus MESHSERVE_FEATURES_REDIS_URL) moves both to Redis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from meshserve_runtime.settings import meshserve_home
+
+if TYPE_CHECKING:
+    from feast import RepoConfig
+
+OnlineStoreKind = Literal["sqlite", "redis"]
+
+
+def feast_home(home: Path | None = None) -> Path:
+    """$MESHSERVE_HOME/feast: registry, SQLite online store and demo data on one machine."""
+    return (Path(home) if home is not None else meshserve_home()).resolve() / "feast"
+
+
+class FeastSettings(BaseSettings):
+    """The Feast repo: registry, project, data and online store (env prefix MESHSERVE_FEATURES_)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MESHSERVE_FEATURES_", use_attribute_docstrings=True, extra="ignore", frozen=True
+    )
+
+    feast_project: str = "meshserve"
+    """Feast project name (namespaces tables and keys in the online store)."""
+    feast_registry: Path = Field(default_factory=lambda: feast_home() / "registry.db")
+    """Path of Feast's file registry (default $MESHSERVE_HOME/feast/registry.db)."""
+    feast_data_dir: Path = Field(default_factory=lambda: feast_home() / "data")
+    """Directory of the demo parquet files the feature views read (default $MESHSERVE_HOME/feast/data)."""
+    online_store: OnlineStoreKind = "sqlite"
+    """Feast online store: sqlite (one machine) or redis (production)."""
+    sqlite_path: Path = Field(default_factory=lambda: feast_home() / "online.db")
+    """SQLite online store file, when online_store=sqlite (default $MESHSERVE_HOME/feast/online.db)."""
+    redis_url: str = "127.0.0.1:6379"
+    """Redis online store, when online_store=redis: host:port[,db=N][,password=...][,ssl=true]
+    (Feast's connection_string; db=N picks a database, e.g. db=15 for tests)."""
+
+    @classmethod
+    def for_home(cls, home: Path, **overrides: Any) -> FeastSettings:
+        """The default layout under an explicit MESHSERVE_HOME (what a process with that env gets)."""
+        fh = feast_home(home)
+        paths = {"feast_registry": fh / "registry.db", "feast_data_dir": fh / "data", "sqlite_path": fh / "online.db"}
+        return cls(**{**paths, **overrides})
+
+    def repo_config(self, *, registry_cache_ttl_s: int = 600) -> RepoConfig:
+        return repo_config(
+            self.feast_project,
+            self.feast_registry,
+            self.online_store,
+            self.sqlite_path,
+            self.redis_url,
+            registry_cache_ttl_s=registry_cache_ttl_s,
+        )
+
+    def describe_online_store(self) -> str:
+        """Human-readable location of the online store, for messages."""
+        if self.online_store == "redis":
+            return f"redis at {self.redis_url}"
+        return f"sqlite at {self.sqlite_path}"
+
+
+def repo_config(
+    project: str,
+    registry_path: Path | str,
+    online_store: OnlineStoreKind,
+    sqlite_path: Path | str,
+    redis_url: str,
+    *,
+    registry_cache_ttl_s: int = 600,
+) -> RepoConfig:
+    """A feast.RepoConfig for the local provider, file offline store and the chosen online store.
+
+    registry_cache_ttl_s=0 caches the registry forever (a server loads it once and never
+    refreshes it on the request path).
+    """
+    from feast import RepoConfig
+    from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+    from feast.repo_config import RegistryConfig
+
+    online: RedisOnlineStoreConfig | SqliteOnlineStoreConfig
+    if online_store == "redis":
+        online = RedisOnlineStoreConfig(connection_string=_with_timeouts(redis_url))
+    elif online_store == "sqlite":
+        Path(sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+        online = SqliteOnlineStoreConfig(path=str(Path(sqlite_path).resolve()))
+    else:
+        raise ValueError(f"online_store must be 'sqlite' or 'redis', got {online_store!r}")
+    Path(registry_path).parent.mkdir(parents=True, exist_ok=True)
+    return RepoConfig(
+        project=project,
+        provider="local",
+        registry=RegistryConfig(
+            registry_type="file",
+            path=str(Path(registry_path).resolve()),
+            cache_ttl_seconds=registry_cache_ttl_s,
+        ),
+        online_store=online,
+        offline_store=DaskOfflineStoreConfig(type="file"),
+        entity_key_serialization_version=3,
+    )
+
+
+def _with_timeouts(connection_string: str) -> str:
+    """Add short socket timeouts unless given: an unreachable Redis must fail fast, not hang a call."""
+    parts = connection_string.split(",")
+    keys = {p.split("=", 1)[0] for p in parts if "=" in p}
+    if "socket_connect_timeout" not in keys:
+        parts.append("socket_connect_timeout=2")
+    if "socket_timeout" not in keys:
+        parts.append("socket_timeout=5")
+    return ",".join(parts)

@@ -1,0 +1,18 @@
+"""Metrics of the features service (labels bounded: feature service and status, never an entity)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from meshserve_runtime.metrics import LATENCY_BUCKETS
+
+FEATURE_VALUES = Counter(
+    "meshserve_feature_values_total",
+    "Feature values returned, by feature service and status (PRESENT, NOT_FOUND, OUTSIDE_MAX_AGE).",
+    ["feature_service", "status"],
+)
+STORE_READ_DURATION = Histogram(
+    "meshserve_feature_store_read_seconds",
+    "Time of one online-store read for a whole batch, including the wait for a read thread.",
+    buckets=LATENCY_BUCKETS,
+)

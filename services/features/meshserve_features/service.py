@@ -1,0 +1,71 @@
+"""The features Service: loads Feast once, then serves GetOnlineFeatures."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from meshserve.v1 import features_pb2_grpc
+
+from meshserve_runtime.errors import Unavailable
+from meshserve_runtime.metrics import ARTIFACT_INFO
+from meshserve_runtime.protocol import FEATURES_HEALTH_NAME
+from meshserve_runtime.server import Service
+
+from meshserve_features.servicer import FeatureServicer
+from meshserve_features.settings import FeaturesSettings
+from meshserve_features.store import FeatureBatch, OnlineFeatureStore
+
+log = logging.getLogger("meshserve.features")
+
+
+class FeaturesService(Service):
+    name = FEATURES_HEALTH_NAME
+
+    def __init__(self, settings: FeaturesSettings) -> None:
+        self.settings = settings
+        # Why threads and not Feast's async API: SQLite has no async path in Feast, and one
+        # code path for both stores keeps behaviour identical; a small dedicated pool keeps
+        # reads off the event loop (and off the default pool that load() uses) while Feast's
+        # Python-side decoding, which holds the GIL either way, stays bounded.
+        self._executor = ThreadPoolExecutor(max_workers=settings.read_threads, thread_name_prefix="feast-read")
+        self.servicer = FeatureServicer(settings.feature_service, settings.max_entities, self._run_read)
+        self.store: OnlineFeatureStore | None = None
+
+    async def _run_read(self, fn: Callable[..., FeatureBatch], *args: object) -> FeatureBatch:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        features_pb2_grpc.add_FeatureServiceServicer_to_server(self.servicer, server)
+        return [FEATURES_HEALTH_NAME]
+
+    async def load(self) -> bool:
+        """Ready once the registry is loaded and the online store answered a probe read."""
+        s = self.settings
+        # A fresh FeatureStore per attempt: the registry is cached forever once loaded, so a
+        # failed attempt (e.g. before `make train` finished) must not pin a stale one.
+        store = OnlineFeatureStore(s, enforce_ttl=s.enforce_ttl)
+        try:
+            await asyncio.to_thread(store.load, s.feature_service)
+        except (FileNotFoundError, LookupError, Unavailable) as err:
+            # Expected while training has not run yet or the store is down: no traceback.
+            log.warning("features not ready: %s", err)
+            return False
+        self.store = store
+        self.servicer.store = store
+        ARTIFACT_INFO.info({
+            "feature_service": s.feature_service,
+            "online_store": s.online_store,
+            "feast_project": s.feast_project,
+            "feast_registry": str(s.feast_registry),
+        })
+        return True
+
+    async def close(self) -> None:
+        self.servicer.store = None
+        if self.store is not None:
+            self.store.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,120 @@
+"""FeatureService.GetOnlineFeatures: validate, one store read, answer a columnar frame."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
+
+import grpc
+import numpy as np
+from meshserve.v1 import features_pb2, features_pb2_grpc
+
+from meshserve_runtime.codecs import ColumnData, decode_frame, encode_frame, float_column
+from meshserve_runtime.errors import InvalidArgument, NotFound, Unavailable
+
+from meshserve_features.metrics import FEATURE_VALUES, STORE_READ_DURATION
+from meshserve_features.store import FeatureBatch, ServiceSpec, Status
+
+_STATUS_NAMES = {int(s): s.name for s in Status}
+
+
+class FeatureReader(Protocol):
+    """What the servicer needs from the loaded store (a fake in unit tests)."""
+
+    def service(self, name: str) -> ServiceSpec: ...
+
+    @property
+    def service_names(self) -> list[str]: ...
+
+    def read(self, spec: ServiceSpec, keys: Mapping[str, np.ndarray]) -> FeatureBatch: ...
+
+
+RunBlocking = Callable[..., Awaitable[FeatureBatch]]
+
+
+async def _to_thread(fn: Callable[..., FeatureBatch], *args: object) -> FeatureBatch:
+    return await asyncio.to_thread(fn, *args)
+
+
+class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
+    """Thin adapter: validation and encoding here, Feast in the store."""
+
+    def __init__(
+        self,
+        default_service: str,
+        max_entities: int,
+        run_blocking: RunBlocking = _to_thread,
+    ) -> None:
+        self.default_service = default_service
+        self.max_entities = max_entities
+        self.store: FeatureReader | None = None
+        # Store reads block (SQLite has no async path in Feast): they run off the event loop.
+        self._run_blocking = run_blocking
+
+    async def GetOnlineFeatures(
+        self, request: features_pb2.GetOnlineFeaturesRequest, context: grpc.aio.ServicerContext
+    ) -> features_pb2.GetOnlineFeaturesResponse:
+        store = self.store
+        if store is None:
+            raise Unavailable("the features service is still loading the Feast registry; retry shortly")
+        name = request.feature_service or self.default_service
+        try:
+            spec = store.service(name)
+        except KeyError:
+            raise NotFound(f"feature service {name!r} not found; this server has {store.service_names}") from None
+
+        keys = self.validate_entities(request, spec)
+        start = time.perf_counter()
+        batch = await self._run_blocking(store.read, spec, keys)
+        STORE_READ_DURATION.observe(time.perf_counter() - start)
+        return self.encode(spec, batch)
+
+    def validate_entities(self, request: features_pb2.GetOnlineFeaturesRequest, spec: ServiceSpec) -> dict[str, np.ndarray]:
+        """Entity frame -> {join key: int64 array}, or InvalidArgument naming what is wrong."""
+        frame = request.entities
+        expected = list(spec.join_keys)
+        n = frame.num_rows
+        if n > self.max_entities:
+            raise InvalidArgument(f"{n} entity rows in one call; at most {self.max_entities} are accepted (split the batch)")
+        if n == 0:
+            raise InvalidArgument(f"no entity rows: send 1..{self.max_entities} rows of {expected}")
+        columns = decode_frame(frame)
+        missing = [k for k in expected if k not in columns]
+        if missing:
+            raise InvalidArgument(
+                f"missing entity key column(s) {missing}; feature service {spec.name!r} needs {expected}"
+            )
+        unknown = sorted(set(columns) - set(expected))
+        if unknown:
+            raise InvalidArgument(f"unknown entity column(s) {unknown}; feature service {spec.name!r} takes exactly {expected}")
+        keys: dict[str, np.ndarray] = {}
+        for key in expected:
+            col = columns[key]
+            want = spec.join_keys[key]
+            if col.kind != want:
+                raise InvalidArgument(
+                    f"entity key column {key!r} must be {want.removesuffix('_values')}, got {col.kind.removesuffix('_values')}"
+                )
+            if col.null is not None:
+                row = int(np.argmax(col.null))
+                raise InvalidArgument(f"entity key column {key!r} is null at row {row}; entity keys can't be null")
+            keys[key] = col.values
+        return keys
+
+    def encode(self, spec: ServiceSpec, batch: FeatureBatch) -> features_pb2.GetOnlineFeaturesResponse:
+        """Double columns in the feature service's order, null where not PRESENT, plus statuses."""
+        n = batch.values.shape[1]
+        cols: dict[str, ColumnData] = {}
+        resp = features_pb2.GetOnlineFeaturesResponse(feature_service=spec.name)
+        for j, name in enumerate(batch.names):
+            absent = batch.status[j] != Status.PRESENT
+            # 0.0 is the placeholder under the null mask (not NaN: nothing downstream must see one).
+            cols[name] = float_column(np.where(absent, 0.0, batch.values[j]), absent if absent.any() else None)
+            resp.statuses.add(name=name, statuses=batch.status[j].tolist())
+        resp.features.CopyFrom(encode_frame(cols, n))
+        codes, counts = np.unique(batch.status, return_counts=True)
+        for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
+            FEATURE_VALUES.labels(spec.name, _STATUS_NAMES.get(code, str(code))).inc(count)
+        return resp

@@ -1,0 +1,33 @@
+"""Settings of the features service (env prefix MESHSERVE_FEATURES_).
+
+The Feast fields (feast_registry, feast_project, online_store, sqlite_path, redis_url)
+come from meshserve_feature_repo.config.FeastSettings, which training reads too: one
+setting (MESHSERVE_FEATURES_ONLINE_STORE=redis) moves both to Redis.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from meshserve_feature_repo.config import FeastSettings
+from meshserve_feature_repo.definitions import FEATURE_SERVICE
+from meshserve_runtime.settings import ServerSettings
+
+
+class FeaturesSettings(ServerSettings, FeastSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHSERVE_FEATURES_")
+
+    port: int = 50052
+    """gRPC port."""
+    metrics_port: int = 9102
+    """Prometheus metrics HTTP port (0 disables the endpoint)."""
+    feature_service: str = FEATURE_SERVICE
+    """Feast FeatureService served when a request names none."""
+    max_entities: int = Field(default=1000, ge=1)
+    """Most entity rows one GetOnlineFeatures call may carry."""
+    enforce_ttl: bool = True
+    """Report values older than their feature view's TTL as OUTSIDE_MAX_AGE (null), as the
+    offline point-in-time join does; Feast's online read itself does not check the TTL."""
+    read_threads: int = Field(default=1, ge=1, le=64)
+    """Threads that run blocking online-store reads (SQLite has no async path in Feast)."""

@@ -1,0 +1,253 @@
+"""The Feast wrapper: registry loaded once, one online-store read per call, numpy out.
+
+All registry work (feature services, their join keys, feature order, TTLs) happens in
+load(); read() only asks Feast's online store for N entity rows and turns the response
+into per-feature float64 values plus a per-value status.
+
+Feast quirks handled here (feast 0.67):
+- The response lists features in its own order, not the FeatureService's: columns are
+  matched by name.
+- Redis answers PRESENT with an empty value for an entity it has never seen (SQLite says
+  NOT_FOUND): a value that is not set is NOT_FOUND whatever the status says.
+- The online read does not check the feature view TTL (only the pre-computed path does),
+  while the offline point-in-time join does: with enforce_ttl, a value older than its TTL
+  is OUTSIDE_MAX_AGE and null, so online matches offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from meshserve_feature_repo.config import FeastSettings
+from meshserve_runtime.errors import Unavailable
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+log = logging.getLogger("meshserve.features")
+
+
+class Status(IntEnum):
+    """Per-value status; numbers match meshserve.v1.FeatureStatus."""
+
+    PRESENT = 1
+    NOT_FOUND = 2
+    OUTSIDE_MAX_AGE = 3
+
+
+# feast.protos.feast.serving.ServingService_pb2.FieldStatus numbers.
+_FEAST_PRESENT = 1
+_FEAST_OUTSIDE_MAX_AGE = 4
+_NUMERIC_VALUE_KINDS = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool_val"})
+
+# Frame column kind each Feast join-key type must arrive as.
+KEY_KIND_INT64 = "int64_values"
+KEY_KIND_STRING = "string_values"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """What a Feast FeatureService needs and returns, resolved once at load."""
+
+    name: str
+    features: tuple[str, ...]
+    """Feature names in the FeatureService's order (the response order)."""
+    join_keys: Mapping[str, str]
+    """Join key -> frame column kind it must have (e.g. int64_values), in request order."""
+    ttl_s: tuple[float | None, ...]
+    """Per feature: its feature view's TTL in seconds (None: never expires)."""
+    feast_service: Any
+    """The feast.FeatureService object, passed to every read (no registry lookup)."""
+    ttl_limits: np.ndarray | None = None
+    """The same TTLs as a [features, 1] array (inf: never expires), or None when none expires."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureBatch:
+    """features x rows: float64 values (NaN where not PRESENT) and Status codes."""
+
+    names: tuple[str, ...]
+    values: np.ndarray
+    status: np.ndarray
+
+
+def _key_kind(dtype: Any) -> str:
+    from feast.types import Int32, Int64, String
+
+    if dtype in (Int64, Int32):
+        return KEY_KIND_INT64
+    if dtype == String:
+        return KEY_KIND_STRING
+    raise RuntimeError(f"join key type {dtype} is not supported by meshserve")
+
+
+class OnlineFeatureStore:
+    """A loaded Feast FeatureStore and the FeatureServices of its project."""
+
+    def __init__(
+        self, settings: FeastSettings, *, enforce_ttl: bool = True, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.settings = settings
+        self.enforce_ttl = enforce_ttl
+        self.clock = clock  # wall clock for TTL checks (injectable for tests)
+        self.where = settings.describe_online_store()
+        self._store: FeatureStore | None = None
+        self._services: dict[str, ServiceSpec] = {}
+
+    # -- load (blocking; run in a thread) ---------------------------------------------
+
+    def load(self, probe_service: str) -> None:
+        """Load the registry and every FeatureService once, then probe the online store."""
+        from feast import FeatureStore
+
+        start = time.perf_counter()
+        if not self.settings.feast_registry.exists():
+            raise FileNotFoundError(f"no Feast registry at {self.settings.feast_registry} (run `make train`)")
+        # Cache TTL 0: the registry is read once here and never refreshed on the request path.
+        store = FeatureStore(config=self.settings.repo_config(registry_cache_ttl_s=0))
+        if self.settings.online_store == "redis":
+            _fail_fast_redis(store)
+        services = {fs.name: self._resolve(store, fs) for fs in store.list_feature_services()}
+        if probe_service not in services:
+            raise LookupError(
+                f"feature service {probe_service!r} is not in the registry {self.settings.feast_registry} "
+                f"(project {self.settings.feast_project!r}; it has {sorted(services)})"
+            )
+        self._store, self._services = store, services
+        self.probe(probe_service)
+        log.info(
+            "feast loaded",
+            extra={"online_store": self.where, "feature_services": sorted(services),
+                   "seconds": round(time.perf_counter() - start, 2)},
+        )
+
+    def _resolve(self, store: FeatureStore, fs: Any) -> ServiceSpec:
+        features: list[str] = []
+        ttls: list[float | None] = []
+        keys: dict[str, str] = {}
+        for proj in fs.feature_view_projections:
+            if proj.join_key_map:
+                raise RuntimeError(f"feature service {fs.name!r}: join key mapping is not supported")
+            fv = store.get_feature_view(proj.name)
+            ttl = fv.ttl.total_seconds() if fv.ttl else None
+            for col in fv.entity_columns:
+                keys.setdefault(col.name, _key_kind(col.dtype))
+            for f in proj.features:
+                features.append(f.name)
+                ttls.append(ttl if ttl and ttl > 0 else None)
+        if len(set(features)) != len(features):
+            raise RuntimeError(f"feature service {fs.name!r} has duplicate feature names {features}")
+        limits = None
+        if any(t is not None for t in ttls):
+            limits = np.array([[t if t is not None else np.inf] for t in ttls], dtype=np.float64)
+        return ServiceSpec(fs.name, tuple(features), keys, tuple(ttls), fs, limits)
+
+    def probe(self, service: str) -> None:
+        """One read for a key that does not exist: proves the online store answers."""
+        spec = self.service(service)
+        dummy = {k: np.zeros(1, dtype=np.int64) if kind == KEY_KIND_INT64 else np.array([""], dtype=object)
+                 for k, kind in spec.join_keys.items()}
+        self.read(spec, dummy)
+
+    # -- per request -----------------------------------------------------------------
+
+    def service(self, name: str) -> ServiceSpec:
+        """The loaded FeatureService spec; KeyError if the registry has no such service."""
+        return self._services[name]
+
+    @property
+    def service_names(self) -> list[str]:
+        return sorted(self._services)
+
+    def read(self, spec: ServiceSpec, keys: Mapping[str, np.ndarray]) -> FeatureBatch:
+        """One online-store read for N rows (blocking: run it off the event loop)."""
+        if self._store is None:
+            raise Unavailable("the Feast registry is not loaded yet")
+        rows = {k: keys[k].tolist() for k in spec.join_keys}
+        n = len(next(iter(rows.values()))) if rows else 0
+        try:
+            resp = self._store.get_online_features(features=spec.feast_service, entity_rows=rows)
+        except Exception as err:
+            if _is_unavailable(err):
+                raise Unavailable(f"online store {self.where} is unavailable: {type(err).__name__}: {err}") from err
+            raise
+        return self._to_batch(spec, resp.proto, n)
+
+    def _to_batch(self, spec: ServiceSpec, proto: Any, n: int) -> FeatureBatch:
+        index = {name: i for i, name in enumerate(proto.metadata.feature_names.val)}
+        nan = float("nan")
+        raw: list[float] = []
+        has_value: list[bool] = []
+        feast_status: list[int] = []
+        ts: list[float] = []
+        # One Python pass over the protos, then numpy over the whole [features, rows] block.
+        for name in spec.features:
+            vec = proto.results[index[name]]
+            for v in vec.values:
+                kind = v.WhichOneof("val")
+                if kind in _NUMERIC_VALUE_KINDS:
+                    raw.append(getattr(v, kind))
+                    has_value.append(True)
+                else:
+                    raw.append(nan)
+                    has_value.append(False)
+            feast_status.extend(vec.statuses)
+            ts.extend([t.seconds + t.nanos * 1e-9 for t in vec.event_timestamps])
+        shape = (len(spec.features), n)
+        values = np.array(raw, dtype=np.float64).reshape(shape)
+        fst = np.array(feast_status, dtype=np.int8).reshape(shape)
+        has = np.array(has_value, dtype=bool).reshape(shape)
+        # An unset value is NOT_FOUND whatever Feast says (Redis: "PRESENT" with no value).
+        present = has & (fst == _FEAST_PRESENT)
+        too_old = has & (fst == _FEAST_OUTSIDE_MAX_AGE)
+        if self.enforce_ttl and spec.ttl_limits is not None:
+            expired = present & (np.array(ts, dtype=np.float64).reshape(shape) < self.clock() - spec.ttl_limits)
+            present &= ~expired
+            too_old |= expired
+        status = np.where(present, np.int8(Status.PRESENT), np.where(too_old, np.int8(Status.OUTSIDE_MAX_AGE), np.int8(Status.NOT_FOUND)))
+        values[~present] = np.nan
+        return FeatureBatch(spec.features, values, status.astype(np.int8, copy=False))
+
+    def close(self) -> None:
+        self._store = None
+
+
+def _fail_fast_redis(store: FeatureStore) -> None:
+    """One immediate retry instead of redis-py's default 3 with 1-10 s backoff.
+
+    With the default, a call during a Redis outage blocks about 7 s (past the gateway's
+    deadline) and holds a read thread; failing fast answers UNAVAILABLE in time. The one
+    retry still covers a pooled connection that went stale when Redis restarted. Feast has
+    no public hook for its Redis client, hence the guarded private call.
+    """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    try:
+        client = store.provider.online_store._get_client(store.config.online_store)  # type: ignore[attr-defined]
+        client.set_retry(Retry(NoBackoff(), 1))
+    except AttributeError as err:
+        log.warning("could not shorten Redis retries (feast internals changed?): %s", err)
+
+
+def _is_unavailable(err: BaseException) -> bool:
+    """Errors that mean "the online store can't answer now", not "the request is wrong"."""
+    if isinstance(err, (ConnectionError, TimeoutError, OSError, sqlite3.OperationalError, sqlite3.DatabaseError)):
+        return True
+    try:
+        import redis.exceptions as rex
+
+        if isinstance(err, (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError)):
+            return True
+    except ImportError:
+        pass
+    # Feast refuses feature views that are not materialized yet (state CREATED/GENERATED).
+    return isinstance(err, ValueError) and "cannot serve features" in str(err)
