@@ -40,14 +40,29 @@ def _default(field) -> str:
 
 
 def table() -> str:
+    """Shared server settings once (as MESHSERVE_<SERVICE>_*), then each service's own."""
+    from meshserve_runtime.settings import ServerSettings
+    from meshserve_training.settings import TrainingSettings
+
     lines = ["| service | variable | default | meaning |", "|---|---|---|---|"]
-    for service, cls in settings_classes():
+    shared = ServerSettings.model_fields
+    for name, field in shared.items():
+        if name in ("port", "metrics_port"):
+            continue  # each service has its own default, listed below
+        lines.append(_line("every service", f"MESHSERVE_<SERVICE>_{name.upper()}", field))
+    for service, cls in [*settings_classes(), ("training", TrainingSettings)]:
         prefix = cls.model_config.get("env_prefix", "")
         for name, field in cls.model_fields.items():
-            desc = (field.description or "").replace("\n", " ").replace("|", "\\|")
-            default = _default(field).replace("|", "\\|")
-            lines.append(f"| {service} | `{prefix}{name.upper()}` | `{default}` | {desc} |")
+            if name in shared and name not in ("port", "metrics_port"):
+                continue
+            lines.append(_line(service, f"{prefix}{name.upper()}", field))
     return "\n".join(lines)
+
+
+def _line(service: str, variable: str, field) -> str:
+    desc = (field.description or "").replace("\n", " ").replace("|", "\\|")
+    default = _default(field).replace("|", "\\|")
+    return f"| {service} | `{variable}` | `{default}` | {desc} |"
 
 
 def render_readme(text: str) -> str:

@@ -1,6 +1,10 @@
-"""Gateway-only metrics: the time each pipeline stage takes."""
+"""Gateway-only instrumentation: the time each pipeline stage takes."""
 
 from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import Histogram
 
@@ -12,3 +16,13 @@ STAGE_DURATION = Histogram(
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
+
+
+@contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Time one pipeline stage (the one place to add per-stage instrumentation)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_DURATION.labels(name).observe(time.perf_counter() - start)

@@ -21,7 +21,7 @@ from meshserve_runtime.codecs import decode_frame, encode_frame
 from meshserve_runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, from_rpc_error
 from meshserve_runtime.protocol import MODEL_ALIAS_PARAMETER, MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_ID_PARAMETER
 
-from meshserve_gateway.metrics import STAGE_DURATION
+from meshserve_gateway.metrics import stage
 from meshserve_gateway.rows import describe_row, rows_to_frame
 
 _NOT_FOUND = features_pb2.FEATURE_STATUS_NOT_FOUND
@@ -71,15 +71,13 @@ class Pipeline:
     async def predict_entities(self, entities: Sequence[types_pb2.Row], deadline: Deadline) -> prediction_pb2.PredictResponse:
         self._check_batch(entities, "entities")
         frame = rows_to_frame(entities, "entities", allow_null=False)
-        start = time.perf_counter()
-        try:
-            feats = await self.features.GetOnlineFeatures(
-                features_pb2.GetOnlineFeaturesRequest(entities=frame), timeout=deadline.remaining("features")
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, "features") from None
-        finally:
-            STAGE_DURATION.labels("features").observe(time.perf_counter() - start)
+        with stage("features"):
+            try:
+                feats = await self.features.GetOnlineFeatures(
+                    features_pb2.GetOnlineFeaturesRequest(entities=frame), timeout=deadline.remaining("features")
+                )
+            except grpc.aio.AioRpcError as err:
+                raise from_rpc_error(err, "features") from None
 
         # Rows with a feature the store does not have get a per-row NOT_FOUND; the rest
         # are scored (stale values arrive as nulls and are imputed by the preprocessor).
@@ -123,15 +121,13 @@ class Pipeline:
         return response
 
     async def _score(self, frame: types_pb2.Frame, deadline: Deadline) -> Scored:
-        start = time.perf_counter()
-        try:
-            pre = await self.preprocess.Transform(
-                preprocess_pb2.TransformRequest(frame=frame), timeout=deadline.remaining("preprocess")
-            )
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, "preprocess") from None
-        finally:
-            STAGE_DURATION.labels("preprocess").observe(time.perf_counter() - start)
+        with stage("preprocess"):
+            try:
+                pre = await self.preprocess.Transform(
+                    preprocess_pb2.TransformRequest(frame=frame), timeout=deadline.remaining("preprocess")
+                )
+            except grpc.aio.AioRpcError as err:
+                raise from_rpc_error(err, "preprocess") from None
 
         tensor = pre.tensor
         request = v2.ModelInferRequest(model_name=self.model_name)
@@ -139,13 +135,11 @@ class Pipeline:
         request.raw_input_contents.append(tensor.data)  # already little-endian float32
         # Skew guard: the model refuses a tensor made by another release's preprocessor.
         request.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = pre.preprocessor.run_id
-        start = time.perf_counter()
-        try:
-            out = await self.model.ModelInfer(request, timeout=deadline.remaining("model"))
-        except grpc.aio.AioRpcError as err:
-            raise from_rpc_error(err, "model") from None
-        finally:
-            STAGE_DURATION.labels("model").observe(time.perf_counter() - start)
+        with stage("model"):
+            try:
+                out = await self.model.ModelInfer(request, timeout=deadline.remaining("model"))
+            except grpc.aio.AioRpcError as err:
+                raise from_rpc_error(err, "model") from None
         probabilities = np.frombuffer(out.raw_output_contents[0], dtype="<f4")
         model = types_pb2.ArtifactIdentity(
             name=out.model_name,
