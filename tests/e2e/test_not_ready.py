@@ -29,7 +29,10 @@ def test_model_without_artifact_is_unavailable_not_crashed(tmp_path: Path) -> No
         "MESHSERVE_MODEL_METRICS_PORT": str(metrics),
         "MESHSERVE_MODEL_LOAD_RETRY_S": "0.5",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "meshserve_model"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log_path = tmp_path / "model.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "meshserve_model"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    expected = b"no version of registered model 'driver_ranking' has alias 'production'"
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             health = health_pb2_grpc.HealthStub(ch)
@@ -40,10 +43,13 @@ def test_model_without_artifact_is_unavailable_not_crashed(tmp_path: Path) -> No
                         break
                 except grpc.RpcError:
                     pass
-                assert proc.poll() is None, proc.stdout.read().decode()
+                assert proc.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, "model service never accepted calls"
                 time.sleep(0.2)
-            time.sleep(3)  # let it try (and fail) to load a few times
+            while expected not in log_path.read_bytes():  # it tried to load, and said why it can't
+                assert proc.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, f"no load failure logged:\n{log_path.read_text()}"
+                time.sleep(0.2)
             own = health.Check(health_pb2.HealthCheckRequest(service="inference.GRPCInferenceService"), timeout=5)
             assert own.status == health_pb2.HealthCheckResponse.NOT_SERVING
             stub = v2_grpc.GRPCInferenceServiceStub(ch)
@@ -58,6 +64,6 @@ def test_model_without_artifact_is_unavailable_not_crashed(tmp_path: Path) -> No
             assert "not ready" in info.value.details()
     finally:
         proc.terminate()
-        out, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, out.decode()[-2000:]
-    assert b"no version of registered model 'driver_ranking' has alias 'production'" in out
+        proc.wait(timeout=30)
+        log.close()
+    assert proc.returncode == 0, log_path.read_text()[-2000:]
