@@ -6,6 +6,7 @@ names the offending column or field, so services never index into malformed inpu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ _DTYPES: dict[int, np.dtype] = {
     types_pb2.DTYPE_BOOL: np.dtype("?"),
 }
 _DTYPE_ENUM: dict[np.dtype, int] = {v.newbyteorder("="): k for k, v in _DTYPES.items()}
+
+MAX_TENSOR_DIMS = 8
+MAX_TENSOR_DIM = 2**31 - 1
 
 KIND_DOUBLE = "double_values"
 KIND_INT64 = "int64_values"
@@ -100,7 +104,9 @@ def decode_tensor(tensor: types_pb2.Tensor) -> np.ndarray:
     shape = tuple(tensor.shape)
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"tensor shape {list(shape)} has a negative dimension")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if len(shape) > MAX_TENSOR_DIMS or any(d > MAX_TENSOR_DIM for d in shape):
+        raise InvalidArgument(f"tensor shape {list(shape)} is too large (at most {MAX_TENSOR_DIMS} dimensions of {MAX_TENSOR_DIM})")
+    count = math.prod(shape)  # Python ints: a hostile shape cannot overflow
     expected = count * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidArgument(

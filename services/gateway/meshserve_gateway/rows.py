@@ -27,6 +27,8 @@ def rows_to_frame(rows: Sequence[types_pb2.Row], field: str, *, allow_null: bool
     if not first:
         raise InvalidArgument(f"{field}[0] has no values")
     names = sorted(first.keys())
+    if "" in first:
+        raise InvalidArgument(f"{field}[0] has a value with an empty name")
     name_set = set(names)
     cells: dict[str, list] = {name: [] for name in names}
     for i, row in enumerate(rows):
