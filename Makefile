@@ -9,7 +9,7 @@ export MESHSERVE_HOME ?= $(CURDIR)/.meshserve
 PACKAGES := gen/python runtime[mlflow] feature_repo training local \
             services/gateway services/features services/preprocess services/model
 
-.PHONY: help install protos check-protos train run test test-unit test-e2e clean
+.PHONY: help install protos train run test test-unit chaos clean
 
 help:  ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -32,6 +32,9 @@ run: install  ## the whole stack on 127.0.0.1 (trains first if the registry is e
 
 test: install  ## unit + end-to-end tests (real Feast, MLflow, Redis, torch, sklearn)
 	$(PY) -m pytest
+
+chaos: install  ## fault scenarios on the real processes; writes bench/RELIABILITY.md
+	MESHSERVE_RELIABILITY_REPORT=1 $(PY) -m pytest tests/chaos -m chaos -v
 
 test-unit: install
 	$(PY) -m pytest tests/unit

@@ -84,15 +84,40 @@ class Stack:
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for service in HEALTH_NAMES:
-            log = open(self.log_dir / f"{service}.log", "ab")
-            self.procs[service] = subprocess.Popen(
-                [sys.executable, "-m", f"meshserve_{service}"],
-                env=self.env_for(service),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
-            )
-            log.close()
+            self.start_service(service)
+
+    def start_service(self, service: str) -> None:
+        """Start (or restart) one service's process."""
+        log = open(self.log_dir / f"{service}.log", "ab")
+        self.procs[service] = subprocess.Popen(
+            [sys.executable, "-m", f"meshserve_{service}"],
+            env=self.env_for(service),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order
+        )
+        log.close()
+
+    def stop_service(self, service: str, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Signal one service (SIGTERM drains; SIGKILL crashes it) and wait for its exit code."""
+        proc = self.procs[service]
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+    def wait_service_ready(self, service: str, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.is_serving(service):
+            proc = self.procs[service]
+            if proc.poll() is not None:
+                raise StackError(f"{service} exited with code {proc.returncode}:\n{self.log_tail(service)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{service} not ready after {timeout:.0f}s:\n{self.log_tail(service)}")
+            time.sleep(0.2)
 
     def log_tail(self, service: str, lines: int = 30) -> str:
         path = self.log_dir / f"{service}.log"

@@ -16,3 +16,8 @@ STORE_READ_DURATION = Histogram(
     "Time of one online-store read for a whole batch, including the wait for a read thread.",
     buckets=LATENCY_BUCKETS,
 )
+CACHE_LOOKUPS = Counter(
+    "meshserve_feature_cache_lookups_total",
+    "Entity cache lookups (one per feature view and entity) by result: hit or miss; hit rate = hit / total.",
+    ["result"],
+)

@@ -15,6 +15,7 @@ from meshserve_runtime.metrics import ARTIFACT_INFO
 from meshserve_runtime.protocol import FEATURES_HEALTH_NAME
 from meshserve_runtime.server import Service
 
+from meshserve_features.cache import EntityCache
 from meshserve_features.servicer import FeatureServicer
 from meshserve_features.settings import FeaturesSettings
 from meshserve_features.store import FeatureBatch, OnlineFeatureStore
@@ -47,7 +48,8 @@ class FeaturesService(Service):
         s = self.settings
         # A fresh FeatureStore per attempt: the registry is cached forever once loaded, so a
         # failed attempt (e.g. before `make train` finished) must not pin a stale one.
-        store = OnlineFeatureStore(s, enforce_ttl=s.enforce_ttl)
+        cache = EntityCache(s.cache_ttl_s, s.cache_max_entries) if s.cache_ttl_s > 0 else None
+        store = OnlineFeatureStore(s, enforce_ttl=s.enforce_ttl, read_path=s.read_path, cache=cache)
         try:
             await asyncio.to_thread(store.load, s.feature_service)
         except (FileNotFoundError, LookupError, Unavailable) as err:

@@ -29,6 +29,9 @@ import numpy as np
 from meshserve_feature_repo.config import FeastSettings
 from meshserve_runtime.errors import Unavailable
 
+from meshserve_features.cache import EntityCache
+from meshserve_features.direct import DirectReader
+
 if TYPE_CHECKING:
     from feast import FeatureStore
 
@@ -68,6 +71,8 @@ class ServiceSpec:
     """The feast.FeatureService object, passed to every read (no registry lookup)."""
     ttl_limits: np.ndarray | None = None
     """The same TTLs as a [features, 1] array (inf: never expires), or None when none expires."""
+    plan: Any = None
+    """The direct read path's ReadPlan (read_path="direct"), resolved at load."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +98,21 @@ class OnlineFeatureStore:
     """A loaded Feast FeatureStore and the FeatureServices of its project."""
 
     def __init__(
-        self, settings: FeastSettings, *, enforce_ttl: bool = True, clock: Callable[[], float] = time.time
+        self,
+        settings: FeastSettings,
+        *,
+        enforce_ttl: bool = True,
+        clock: Callable[[], float] = time.time,
+        read_path: str = "direct",
+        cache: EntityCache | None = None,
     ) -> None:
         self.settings = settings
         self.enforce_ttl = enforce_ttl
+        if read_path not in ("direct", "feast"):
+            raise ValueError(f"read_path must be 'direct' or 'feast', got {read_path!r}")
+        self.read_path = read_path
+        self.cache = cache if read_path == "direct" else None  # the cache sits in the direct path
+        self._direct: DirectReader | None = None
         self.clock = clock  # wall clock for TTL checks (injectable for tests)
         self.where = settings.describe_online_store()
         self._store: FeatureStore | None = None
@@ -115,6 +131,8 @@ class OnlineFeatureStore:
         store = FeatureStore(config=self.settings.repo_config(registry_cache_ttl_s=0))
         if self.settings.online_store == "redis":
             _fail_fast_redis(store)
+        if self.read_path == "direct":
+            self._direct = DirectReader(store, redis=self.settings.online_store == "redis", cache=self.cache)
         services = {fs.name: self._resolve(store, fs) for fs in store.list_feature_services()}
         if probe_service not in services:
             raise LookupError(
@@ -148,7 +166,8 @@ class OnlineFeatureStore:
         limits = None
         if any(t is not None for t in ttls):
             limits = np.array([[t if t is not None else np.inf] for t in ttls], dtype=np.float64)
-        return ServiceSpec(fs.name, tuple(features), keys, tuple(ttls), fs, limits)
+        plan = self._direct.plan(fs, tuple(features)) if self._direct is not None else None
+        return ServiceSpec(fs.name, tuple(features), keys, tuple(ttls), fs, limits, plan)
 
     def probe(self, service: str) -> None:
         """One read for a key that does not exist: proves the online store answers."""
@@ -171,9 +190,14 @@ class OnlineFeatureStore:
         """One online-store read for N rows (blocking: run it off the event loop)."""
         if self._store is None:
             raise Unavailable("the Feast registry is not loaded yet")
-        rows = {k: keys[k].tolist() for k in spec.join_keys}
-        n = len(next(iter(rows.values()))) if rows else 0
         try:
+            if self._direct is not None and spec.plan is not None:
+                if spec.plan.unservable:
+                    raise ValueError(spec.plan.unservable)  # what Feast raises, checked once at load
+                values, has, ts = self._direct.read(spec.plan, dict(keys), len(spec.features))
+                return self._finish(spec, values, has, np.full(has.shape, _FEAST_PRESENT, dtype=np.int8), ts)
+            rows = {k: keys[k].tolist() for k in spec.join_keys}
+            n = len(next(iter(rows.values()))) if rows else 0
             resp = self._store.get_online_features(features=spec.feast_service, entity_rows=rows)
         except Exception as err:
             if _is_unavailable(err):
@@ -202,14 +226,21 @@ class OnlineFeatureStore:
             feast_status.extend(vec.statuses)
             ts.extend([t.seconds + t.nanos * 1e-9 for t in vec.event_timestamps])
         shape = (len(spec.features), n)
-        values = np.array(raw, dtype=np.float64).reshape(shape)
-        fst = np.array(feast_status, dtype=np.int8).reshape(shape)
-        has = np.array(has_value, dtype=bool).reshape(shape)
+        return self._finish(
+            spec,
+            np.array(raw, dtype=np.float64).reshape(shape),
+            np.array(has_value, dtype=bool).reshape(shape),
+            np.array(feast_status, dtype=np.int8).reshape(shape),
+            np.array(ts, dtype=np.float64).reshape(shape),
+        )
+
+    def _finish(self, spec: ServiceSpec, values: np.ndarray, has: np.ndarray, fst: np.ndarray, ts: np.ndarray) -> FeatureBatch:
+        """Statuses from [features, rows] values, has-value, Feast statuses and timestamps (both paths)."""
         # An unset value is NOT_FOUND whatever Feast says (Redis: "PRESENT" with no value).
         present = has & (fst == _FEAST_PRESENT)
         too_old = has & (fst == _FEAST_OUTSIDE_MAX_AGE)
         if self.enforce_ttl and spec.ttl_limits is not None:
-            expired = present & (np.array(ts, dtype=np.float64).reshape(shape) < self.clock() - spec.ttl_limits)
+            expired = present & (ts < self.clock() - spec.ttl_limits)
             present &= ~expired
             too_old |= expired
         status = np.where(present, np.int8(Status.PRESENT), np.where(too_old, np.int8(Status.OUTSIDE_MAX_AGE), np.int8(Status.NOT_FOUND)))

@@ -1,0 +1,188 @@
+"""`python -m bench` (`make bench`): train if needed, start the stack on Redis, run the matrix
+and the floors, write bench/RESULTS.md and bench/results.json.
+
+Every process it starts (four services, echo/relay servers, feast listen, the load
+generator) is its own OS process and is stopped by pid when the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.report import write_report
+from bench.settings import BenchSettings
+from meshserve_local.stack import HEALTH_NAMES, Stack, StackConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_serving(target: str, service: str = "", timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.25)
+    raise RuntimeError(f"{target} ({service or 'liveness'}) not serving after {timeout:.0f}s")
+
+
+def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                env=env or dict(os.environ), start_new_session=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_loadgen(cells: list[dict], tmp: Path, tag: str) -> list[dict]:
+    if not cells:
+        return []
+    spec, out = tmp / f"spec-{tag}.json", tmp / f"out-{tag}.json"
+    spec.write_text(json.dumps(cells))
+    subprocess.run([sys.executable, "-m", "bench.loadgen", str(spec), str(out)], cwd=REPO, check=True)
+    return json.loads(out.read_text())
+
+
+def train_if_needed(s: BenchSettings) -> None:
+    s.home.mkdir(parents=True, exist_ok=True)
+    print(f"checking the registry in {s.home} (training first if empty)...", flush=True)
+    subprocess.run(
+        [sys.executable, "-m", "meshserve_training", "train", "--if-empty", "--online-store", "redis", "--redis-url", s.redis_url],
+        check=True, cwd=REPO, env={**os.environ, "MESHSERVE_HOME": str(s.home), "MESHSERVE_FEATURES_ONLINE_STORE": "redis",
+                                   "MESHSERVE_FEATURES_REDIS_URL": s.redis_url},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    for name, field in BenchSettings.model_fields.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=field.description)
+    args = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    s = BenchSettings(**args)
+    only = {c for c in s.only.split(",") if c}
+    tmp = s.home.parent
+    logs = tmp / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    train_if_needed(s)
+
+    ports = free_ports(12)
+    names = list(HEALTH_NAMES)
+    config = StackConfig(home=s.home, online_store="redis", redis_url=s.redis_url,
+                         ports=dict(zip(names, ports[:4])), metrics_ports=dict(zip(names, ports[4:8])),
+                         extra_env={n: {f"MESHSERVE_{n.upper()}_LOG_LEVEL": "WARNING"} for n in names})
+    gw, metrics = config.target("gateway"), f"http://127.0.0.1:{config.metrics_ports['gateway']}/metrics"
+    echo_t, relay_t, listen_port = f"127.0.0.1:{ports[8]}", f"127.0.0.1:{ports[9]}", ports[10]
+
+    def cell(name: str, kind: str, target: str, rows: int, conc: int, matrix: bool) -> dict:
+        return {"name": name, "kind": kind, "target": target, "rows": rows, "concurrency": conc,
+                "seconds": s.seconds if matrix else s.floor_seconds, "warmup": s.warmup_seconds if matrix else min(2.0, s.warmup_seconds),
+                "metrics_url": metrics if kind.startswith("predict") else None}
+
+    matrix = [
+        cell("entities_1_c1", "predict_entities", gw, 1, 1, True),
+        cell("entities_1_c16", "predict_entities", gw, 1, 16, True),
+        cell("entities_1_c64", "predict_entities", gw, 1, 64, True),
+        cell("entities_100_c1", "predict_entities", gw, 100, 1, True),
+        cell("entities_100_c8", "predict_entities", gw, 100, 8, True),
+        cell("rows_1_c16", "predict_rows", gw, 1, 16, True),
+    ]
+    features_cells = [
+        cell("features_1_c1", "features", config.target("features"), 1, 1, False),
+        cell("feast_listen_1_c1", "feast_listen", f"127.0.0.1:{listen_port}", 1, 1, False),
+        cell("features_100_c1", "features", config.target("features"), 100, 1, False),
+        cell("feast_listen_100_c1", "feast_listen", f"127.0.0.1:{listen_port}", 100, 1, False),
+    ]
+    echo_cells = [
+        cell("echo_c1", "echo", echo_t, 1, 1, False),
+        cell("echo4_chain_c1", "relay", relay_t, 1, 1, False),
+        cell("echo_c64", "echo", echo_t, 1, 64, False),
+        cell("echo4_chain_c64", "relay", relay_t, 1, 64, False),
+    ]
+    pick = (lambda cs: [c for c in cs if not only or c["name"] in only])
+    results: dict = {"cells": [], "floors": {}}
+
+    with ExitStack() as stack:
+        print("starting the stack (Redis online store)...", flush=True)
+        stack.enter_context(Stack(config))
+        print("matrix:", flush=True)
+        results["cells"] += run_loadgen(pick(matrix), tmp, "matrix")
+
+        if pick(features_cells):
+            from bench.floors import start_feast_listen
+
+            listen = start_feast_listen(s.home, s.redis_url, listen_port, logs / "feast-listen.log")
+            stack.callback(stop, listen)
+            wait_serving(f"127.0.0.1:{listen_port}")
+            print("features service vs feast listen:", flush=True)
+            results["cells"] += run_loadgen(pick(features_cells), tmp, "features")
+
+    if pick(echo_cells):
+        with ExitStack() as stack:
+            echo = spawn(["-m", "bench.echo", "echo", echo_t.rsplit(":", 1)[1]], logs / "echo.log")
+            stack.callback(stop, echo)
+            relay = spawn(["-m", "bench.echo", "relay", relay_t.rsplit(":", 1)[1], echo_t], logs / "relay.log")
+            stack.callback(stop, relay)
+            wait_serving(echo_t, "bench.Echo")
+            wait_serving(relay_t, "bench.Relay")
+            print("gRPC floors through meshserve_runtime:", flush=True)
+            results["cells"] += run_loadgen(pick(echo_cells), tmp, "echo")
+
+    if not only or "floors" in only:
+        print("Redis, in-process Feast and forward-pass floors...", flush=True)
+        from bench.floors import feast_store, inprocess_feast, inprocess_meshserve, redis_floor
+
+        store = feast_store(s.home, s.redis_url)
+        results["floors"]["redis"] = [redis_floor(store, s.redis_url, n, s.floor_seconds / 2) for n in (1, 100)]
+        results["floors"]["feast_inprocess"] = [inprocess_feast(store, n, s.floor_seconds / 2) for n in (1, 100)]
+        for path in ("feast", "direct"):
+            results["floors"][f"store_{path}"] = [inprocess_meshserve(s.home, s.redis_url, n, s.floor_seconds / 2, path) for n in (1, 100)]
+        fwd = tmp / "forward.json"
+        subprocess.run([sys.executable, "-m", "bench.forward", str(fwd), str(s.floor_seconds)], cwd=REPO, check=True,
+                       env={**os.environ, "MESHSERVE_HOME": str(s.home)})
+        results["floors"]["forward"] = json.loads(fwd.read_text())
+
+    results["settings"] = {"seconds": s.seconds, "warmup_seconds": s.warmup_seconds, "floor_seconds": s.floor_seconds,
+                           "redis_url": s.redis_url}
+    results["wall_seconds"] = round(time.time() - started, 1)
+    md = write_report(results, s.out_dir)
+    print(f"wrote {md} and {s.out_dir / 'results.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
