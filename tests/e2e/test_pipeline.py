@@ -264,12 +264,6 @@ def test_bad_model_input_gets_its_status(stack: Stack, model_channel: grpc.Chann
     assert_all_serving(stack)
 
 
-def test_sigterm_drains_and_every_process_exits_cleanly(stack: Stack) -> None:
-    """Last in the module: stop the stack and check a graceful exit (code 0) everywhere."""
-    codes = stack.stop()
-    assert codes == {"gateway": 0, "features": 0, "preprocess": 0, "model": 0}
-
-
 @pytest.mark.parametrize("payload", [b"\xff" * 7, b"\x0a\x05\x0a\x03", b"\x0a" + b"\xff" * 9 + b"\x01"], ids=["junk", "truncated", "bad-varint"])
 def test_undecodable_bytes_get_a_status_and_nothing_breaks(stack: Stack, gateway_channel: grpc.Channel, payload: bytes) -> None:
     """Bytes that are not a PredictEntitiesRequest: gRPC refuses them; every service stays up."""
@@ -281,3 +275,10 @@ def test_undecodable_bytes_get_a_status_and_nothing_breaks(stack: Stack, gateway
     except grpc.RpcError as err:
         assert err.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT), err
     assert_all_serving(stack)
+
+
+def test_sigterm_drains_and_every_process_exits_cleanly(stack: Stack) -> None:
+    """Last in the module: stop the stack and check a graceful exit (code 0) everywhere."""
+    codes = stack.stop()
+    assert codes == {"gateway": 0, "features": 0, "preprocess": 0, "model": 0}
+

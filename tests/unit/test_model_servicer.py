@@ -116,3 +116,37 @@ async def test_not_ready_is_unavailable_and_metadata_reports_version(servicer: I
     assert not (await servicer.ServerReady(v2.ServerReadyRequest(), None)).ready
     with pytest.raises(Unavailable):
         await servicer.ModelInfer(_request(np.zeros((1, N_FEATURES), np.float32)), None)
+
+
+def _other_version(version: str, run_id: str) -> LoadedModel:
+    artifact = ResolvedArtifact(name="m", version=version, run_id=run_id, alias="production", source="")
+    return LoadedModel(artifact, Tiny().eval(), torch.device("cpu"), N_FEATURES, "pytorch")
+
+
+async def test_reload_overlap_serves_each_input_with_its_own_release(servicer: InferenceServicer) -> None:
+    old = servicer.current
+    assert servicer.install(_other_version("4", "run-b"), overlap_s=60) is old
+    meta = await servicer.ModelMetadata(v2.ModelMetadataRequest(name="m"), None)
+    assert list(meta.versions) == ["4"]
+    for run_id, version in (("run-a", "3"), ("run-b", "4")):
+        req = _request(np.zeros((1, N_FEATURES), np.float32))
+        req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = run_id
+        reply = await servicer.ModelInfer(req, None)
+        assert reply.model_version == version and reply.parameters[MODEL_RUN_ID_PARAMETER].string_param == run_id
+    servicer.previous_until = 0  # overlap over: the old release's inputs are refused
+    req = _request(np.zeros((1, N_FEATURES), np.float32))
+    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-a"
+    with pytest.raises(FailedPrecondition):
+        await servicer.ModelInfer(req, None)
+
+
+async def test_input_from_a_newer_release_waits_for_the_reload(servicer: InferenceServicer) -> None:
+    async def check_reload() -> bool:
+        servicer.install(_other_version("4", "run-b"), overlap_s=60)
+        return True
+
+    servicer.check_reload = check_reload
+    servicer.reload_wait_s = 1.0
+    req = _request(np.zeros((1, N_FEATURES), np.float32))
+    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-b"
+    assert (await servicer.ModelInfer(req, None)).model_version == "4"

@@ -12,12 +12,16 @@ import torch
 
 from meshserve_runtime.registry import ResolvedArtifact, resolve_alias
 
+from meshserve_model.batching import Batcher
 from meshserve_model.device import select_device
 
 log = logging.getLogger("meshserve.model")
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probability"
+
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(slots=True)
@@ -27,6 +31,9 @@ class LoadedModel:
     device: torch.device
     num_features: int
     platform: str
+    dtype: torch.dtype = torch.float32
+    #: Set by the service: merges concurrent calls into one forward pass (None: call predict directly).
+    batcher: Batcher | None = None
 
     @torch.inference_mode()
     def predict(self, x: np.ndarray) -> np.ndarray:
@@ -36,8 +43,16 @@ class LoadedModel:
         if self.device.type == "cuda":
             # Pinned host memory lets the copy overlap with other work.
             t = t.pin_memory().to(self.device, non_blocking=True)
+        if self.dtype != torch.float32:
+            t = t.to(self.dtype)
         out = self.module(t)
-        return out.detach().to("cpu").numpy().astype(np.float32, copy=False).reshape(len(x), -1)
+        return out.detach().to("cpu", torch.float32).numpy().reshape(len(x), -1)
+
+    async def infer(self, x: np.ndarray) -> np.ndarray:
+        """Through the batcher when there is one, else one forward pass of its own."""
+        if self.batcher is None:
+            return self.predict(x)
+        return await self.batcher.infer(x)
 
 
 def _num_features(signature: Any) -> int:
@@ -50,15 +65,64 @@ def _num_features(signature: Any) -> int:
     return int(shape[1])
 
 
-def load_model(tracking_uri: str, name: str, alias: str, device_preference: str, num_threads: int, warmup_batch_sizes: tuple[int, ...]) -> LoadedModel:
-    """Resolve the alias, load that exact version onto the device and warm it up (blocking)."""
+def _traced(module: Any, num_features: int, device: torch.device, dtype: torch.dtype) -> Any:
+    """torch.jit.trace of the loaded module, or None when it does not match it exactly.
+
+    Measured (bench_forward.py): MLflow's torch.export module runs ~0.3 ms a call, its
+    trace ~0.03-0.05 ms. Tracing happens in memory at load, so the stored artifact stays
+    MLflow's pickle-free pt2. Checked against the original on several batch sizes.
+    """
+    import warnings
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript deprecation notices
+        example = torch.zeros(8, num_features, device=device, dtype=dtype)
+        try:
+            traced = torch.jit.trace(module, example, check_trace=False)
+        except Exception as err:  # noqa: BLE001
+            log.warning("torch.jit.trace failed; serving the module as loaded", extra={"error": str(err)})
+            return None
+        gen = torch.Generator().manual_seed(0)
+        for n in (1, 3, 64):
+            probe = torch.randn(n, num_features, generator=gen).to(device=device, dtype=dtype)
+            diff = (traced(probe).float() - module(probe).float()).abs().max().item()
+            if diff > 1e-6:
+                log.warning("traced module differs; serving the module as loaded", extra={"max_abs_diff": diff, "batch": n})
+                return None
+    return traced
+
+
+def load_model(
+    tracking_uri: str,
+    name: str,
+    alias: str,
+    device_preference: str,
+    num_threads: int,
+    warmup_batch_sizes: tuple[int, ...],
+    dtype: str = "float32",
+    artifact: ResolvedArtifact | None = None,
+    optimize: str = "none",
+) -> LoadedModel:
+    """Load one version onto the device and warm it up (blocking).
+
+    `artifact` is the version to load (a reload resolved it already); by default the
+    alias is resolved here. Warm-up runs every size in `warmup_batch_sizes`.
+    """
     import mlflow.models
     import mlflow.pytorch
 
     start = time.perf_counter()
+    # Deliberate: intra-op threads match the pod's CPU limit; inter-op work is
+    # pointless for one small graph and only adds wake-ups.
     torch.set_num_threads(num_threads)
+    if torch.get_num_interop_threads() != 1:
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass  # only settable before the first parallel work in this process
     device = select_device(device_preference)
-    artifact = resolve_alias(tracking_uri, name, alias)
+    if artifact is None:
+        artifact = resolve_alias(tracking_uri, name, alias)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     info = mlflow.models.get_model_info(artifact.uri)
@@ -68,9 +132,12 @@ def load_model(tracking_uri: str, name: str, alias: str, device_preference: str,
         module.eval()  # MLflow's loader does not: dropout/batch-norm must be in inference mode
     except NotImplementedError:
         pass  # a torch.export graph was captured in eval mode at training time and cannot switch
-    module = module.to(device)
-    loaded = LoadedModel(artifact, module, device, num_features, platform=f"pytorch_{torch.__version__}")
-    for n in warmup_batch_sizes:
+    torch_dtype = DTYPES[dtype]
+    module = module.to(device=device, dtype=torch_dtype) if torch_dtype != torch.float32 else module.to(device)
+    if optimize == "jit_trace":
+        module = _traced(module, num_features, device, torch_dtype) or module
+    loaded = LoadedModel(artifact, module, device, num_features, platform=f"pytorch_{torch.__version__}", dtype=torch_dtype)
+    for n in sorted(set(warmup_batch_sizes)):
         out = loaded.predict(np.zeros((n, num_features), dtype=np.float32))
         if out.shape != (n, 1):
             raise RuntimeError(f"model returned shape {out.shape} for a batch of {n}; expected ({n}, 1)")
@@ -78,6 +145,6 @@ def load_model(tracking_uri: str, name: str, alias: str, device_preference: str,
         torch.cuda.synchronize()
     log.info(
         "model loaded",
-        extra={**artifact.labels(), "device": str(device), "features": num_features, "seconds": round(time.perf_counter() - start, 2)},
+        extra={**artifact.labels(), "device": str(device), "dtype": dtype, "torch_module": type(module).__name__, "warmup_batch_sizes": sorted(set(warmup_batch_sizes)), "features": num_features, "seconds": round(time.perf_counter() - start, 2)},
     )
     return loaded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
 import grpc
@@ -10,11 +11,17 @@ from meshserve.inference.v2 import open_inference_pb2_grpc as v2_grpc
 
 from meshserve_runtime.metrics import ARTIFACT_INFO
 from meshserve_runtime.protocol import MODEL_HEALTH_NAME
+from meshserve_runtime.registry import ResolvedArtifact
+from meshserve_runtime.reload import AliasWatcher
 from meshserve_runtime.server import Service
 
-from meshserve_model.model import load_model
+from meshserve_model import metrics
+from meshserve_model.batching import Batcher, batch_buckets
+from meshserve_model.model import LoadedModel, load_model
 from meshserve_model.servicer import InferenceServicer
 from meshserve_model.settings import ModelSettings
+
+log = logging.getLogger("meshserve.model")
 
 
 class ModelService(Service):
@@ -22,18 +29,70 @@ class ModelService(Service):
 
     def __init__(self, settings: ModelSettings) -> None:
         self.settings = settings
-        self.servicer = InferenceServicer(settings.model_name, settings.max_batch_rows)
+        self.servicer = InferenceServicer(settings.model_name, settings.max_batch_rows, settings.reload_wait_s)
+        self.watcher = AliasWatcher(
+            settings.mlflow_tracking_uri, settings.model_name, settings.alias, settings.alias_poll_s,
+            served=self._served_version, switch=self._switch,
+        )
+        if settings.alias_poll_s > 0:
+            self.servicer.check_reload = self.watcher.check_now
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(self.servicer, server)
         return [MODEL_HEALTH_NAME]
 
-    async def load(self) -> bool:
+    def _served_version(self) -> str | None:
+        return None if self.servicer.current is None else self.servicer.current.artifact.version
+
+    async def _load(self, artifact: ResolvedArtifact | None) -> LoadedModel:
         s = self.settings
-        # Loading and warm-up block: run them off the event loop so health keeps answering.
+        # Warm every batch size the batcher can form, so no real call is the first of its size.
+        warmup = tuple(sorted(set(s.warmup_batch_sizes) | set(batch_buckets(s.max_batch_size))))
+        # Loading and warm-up block: run them off the event loop so health (and, on a
+        # reload, the old version) keeps answering.
         loaded = await asyncio.to_thread(
-            load_model, s.mlflow_tracking_uri, s.model_name, s.alias, s.device, s.num_threads, s.warmup_batch_sizes
+            load_model, s.mlflow_tracking_uri, s.model_name, s.alias, s.device, s.num_threads, warmup, s.dtype, artifact, s.optimize
         )
-        self.servicer.current = loaded
+        loaded.batcher = Batcher(loaded.predict, s.max_batch_size, s.max_queue_delay_us, s.max_queue_size)
+        return loaded
+
+    async def load(self) -> bool:
+        loaded = await self._load(None)
+        self.servicer.install(loaded, overlap_s=0)
         ARTIFACT_INFO.info({**loaded.artifact.labels(), "device": str(loaded.device)})
+        metrics.export_device(loaded.device, self.settings.dtype, self.settings.num_threads)
+        self.watcher.start()
         return True
+
+    async def _switch(self, artifact: ResolvedArtifact) -> None:
+        """Load and warm the new version beside the old, swap, retire the old after the overlap."""
+        try:
+            new = await self._load(artifact)
+        except Exception:
+            metrics.RELOADS.labels("failed").inc()
+            raise
+        old = self.servicer.install(new, self.settings.reload_overlap_s)
+        metrics.RELOADS.labels("switched").inc()
+        ARTIFACT_INFO.info({**new.artifact.labels(), "device": str(new.device)})
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(self._retire(old))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, old: LoadedModel) -> None:
+        """After the overlap, drop the old version once its in-flight calls are done."""
+        await asyncio.sleep(self.settings.reload_overlap_s)
+        if self.servicer.previous is old:
+            self.servicer.previous = None
+        if old.batcher is not None:
+            await old.batcher.close()  # waits for queued calls; later stragglers run unbatched
+        log.info("previous version freed", extra=old.artifact.labels())
+
+    async def close(self) -> None:
+        await self.watcher.stop()
+        for task in list(self._retiring):
+            task.cancel()
+        current = self.servicer.current
+        if current is not None and current.batcher is not None:
+            await current.batcher.close()

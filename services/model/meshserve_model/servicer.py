@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
 import grpc
 from meshserve.inference.v2 import open_inference_pb2 as v2
 from meshserve.inference.v2 import open_inference_pb2_grpc as v2_grpc
@@ -17,10 +21,57 @@ SERVER_VERSION = "0.1.0"
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, model_name: str, max_batch_rows: int) -> None:
+    def __init__(self, model_name: str, max_batch_rows: int, reload_wait_s: float = 0.0) -> None:
         self.model_name = model_name
         self.max_batch_rows = max_batch_rows
         self.current: LoadedModel | None = None
+        #: The version served before the last switch, kept for calls whose input came from
+        #: its preprocessor (the preprocess service may switch later than we did).
+        self.previous: LoadedModel | None = None
+        self.previous_until = 0.0
+        #: Set by the service: checks the alias now, True if it switched (the preprocess
+        #: service may have switched before we noticed the move).
+        self.check_reload: Callable[[], Awaitable[bool]] | None = None
+        self.reload_wait_s = reload_wait_s
+
+    def install(self, model: LoadedModel, overlap_s: float) -> LoadedModel | None:
+        """Serve `model` from now on (one reference swap); return the version it replaces."""
+        old = self.current
+        self.previous, self.previous_until = old, time.monotonic() + overlap_s
+        self.current = model
+        return old
+
+    def _for_run(self, run_id: str) -> LoadedModel | None:
+        """The loaded version made in `run_id`: current, or previous during the overlap."""
+        if self.current is not None and self.current.artifact.run_id == run_id:
+            return self.current
+        prev = self.previous
+        if prev is not None and prev.artifact.run_id == run_id and time.monotonic() < self.previous_until:
+            return prev
+        return None
+
+    async def _model_for_input(self, model: LoadedModel, run_id: str, context: grpc.aio.ServicerContext | None) -> LoadedModel:
+        """Skew guard: the version whose run made the input, never another one."""
+        found = self._for_run(run_id)
+        if found is None and self.check_reload is not None:
+            # Maybe the preprocess service switched first: check the alias now (joining a
+            # reload already under way) and wait for it, within the caller's deadline. An
+            # alias that did not move answers at once, so a stray run id fails fast.
+            remaining = context.time_remaining() if context is not None else None
+            budget = self.reload_wait_s if remaining is None else min(self.reload_wait_s, remaining - 0.05)
+            if budget > 0:
+                try:
+                    await asyncio.wait_for(self.check_reload(), budget)
+                except TimeoutError:
+                    pass
+                found = self._for_run(run_id)
+        if found is None:
+            raise FailedPrecondition(
+                f"skew guard: the input was made by the preprocessor of run {run_id!r}, "
+                f"but model {self.model_name} v{model.artifact.version} belongs to run {model.artifact.run_id!r}; "
+                "retry so both come from the same release"
+            )
+        return found
 
     def _model(self, name: str, version: str = "") -> LoadedModel:
         """The served model, after checking the caller asked for it."""
@@ -64,14 +115,10 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         model = self._model(request.model_name, request.model_version)  # pinned for the whole call
         param = request.parameters.get(PREPROCESSOR_RUN_ID_PARAMETER)
         if param is not None and param.string_param != model.artifact.run_id:
-            raise FailedPrecondition(
-                f"skew guard: the input was made by the preprocessor of run {param.string_param!r}, "
-                f"but model {self.model_name} v{model.artifact.version} belongs to run {model.artifact.run_id!r}; "
-                "retry so both come from the same release"
-            )
+            model = await self._model_for_input(model, param.string_param, context)
         x, raw = decode_input(request, model.num_features, self.max_batch_rows)
         check_requested_outputs(request)
-        probabilities = model.predict(x)
+        probabilities = await model.infer(x)  # batched per LoadedModel: never across versions
         response = v2.ModelInferResponse(model_name=self.model_name, model_version=model.artifact.version, id=request.id)
         response.parameters[MODEL_RUN_ID_PARAMETER].string_param = model.artifact.run_id
         response.parameters[MODEL_ALIAS_PARAMETER].string_param = model.artifact.alias

@@ -10,11 +10,14 @@ from meshserve.v1 import preprocess_pb2_grpc
 
 from meshserve_runtime.metrics import ARTIFACT_INFO
 from meshserve_runtime.protocol import PREPROCESS_HEALTH_NAME
+from meshserve_runtime.registry import ResolvedArtifact
+from meshserve_runtime.reload import AliasWatcher
 from meshserve_runtime.server import Service
 
 from meshserve_preprocess.servicer import PreprocessServicer
 from meshserve_preprocess.settings import PreprocessSettings
 from meshserve_preprocess.transformer import load_preprocessor
+
 
 class PreprocessService(Service):
     name = PREPROCESS_HEALTH_NAME
@@ -22,15 +25,31 @@ class PreprocessService(Service):
     def __init__(self, settings: PreprocessSettings) -> None:
         self.settings = settings
         self.servicer = PreprocessServicer(settings.max_rows)
+        self.watcher = AliasWatcher(
+            settings.mlflow_tracking_uri, settings.model_name, settings.alias, settings.alias_poll_s,
+            served=lambda: None if self.servicer.current is None else self.servicer.current.artifact.version,
+            switch=self._switch,
+        )
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         preprocess_pb2_grpc.add_PreprocessServiceServicer_to_server(self.servicer, server)
         return [PREPROCESS_HEALTH_NAME]
 
-    async def load(self) -> bool:
+    async def _switch(self, artifact: ResolvedArtifact | None) -> None:
         s = self.settings
-        # MLflow and scikit-learn work is blocking: keep the event loop (health) answering.
-        loaded = await asyncio.to_thread(load_preprocessor, s.mlflow_tracking_uri, s.model_name, s.alias)
+        # MLflow and scikit-learn work is blocking: keep the event loop (health, and on a
+        # reload the old version) answering.
+        loaded = await asyncio.to_thread(load_preprocessor, s.mlflow_tracking_uri, s.model_name, s.alias, artifact)
+        # One reference swap: in-flight calls keep the version they pinned; the old one is
+        # freed when the last of them drops it. The model service bridges the switch (it
+        # keeps the previous model for inputs of the previous preprocessor).
         self.servicer.current = loaded
         ARTIFACT_INFO.info(loaded.artifact.labels())
+
+    async def load(self) -> bool:
+        await self._switch(None)
+        self.watcher.start()
         return True
+
+    async def close(self) -> None:
+        await self.watcher.stop()

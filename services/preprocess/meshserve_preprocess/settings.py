@@ -27,3 +27,5 @@ class PreprocessSettings(ServerSettings):
     """Registry alias to serve (e.g. production, or canary on canary pods)."""
     max_rows: int = Field(default=4096, ge=1)
     """Most rows one Transform call may carry."""
+    alias_poll_s: float = Field(default=10.0, ge=0)
+    """How often to check whether the alias moved; a move loads, warms and switches to the new version (0: never)."""

@@ -67,13 +67,14 @@ class LoadedPreprocessor:
         return np.asarray(out, dtype=np.float32)
 
 
-def load_preprocessor(tracking_uri: str, name: str, alias: str) -> LoadedPreprocessor:
-    """Resolve the alias, load that exact version and warm it up (blocking)."""
+def load_preprocessor(tracking_uri: str, name: str, alias: str, artifact: ResolvedArtifact | None = None) -> LoadedPreprocessor:
+    """Load one version (by default the one the alias points at) and warm it up (blocking)."""
     import mlflow.models
     import mlflow.sklearn
 
     start = time.perf_counter()
-    artifact = resolve_alias(tracking_uri, name, alias)
+    if artifact is None:
+        artifact = resolve_alias(tracking_uri, name, alias)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     pipeline = mlflow.sklearn.load_model(artifact.uri)

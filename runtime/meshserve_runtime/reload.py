@@ -1,0 +1,100 @@
+"""Hot reload: watch an MLflow alias and hand each new version to the service.
+
+The watcher only notices moves; the service's `switch` callback loads and warms the
+new version beside the old one, then swaps its servicer's `current` reference (one
+assignment, so each call sees either version, never a mix). Requires the `mlflow` extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from meshserve_runtime.registry import ResolvedArtifact, resolve_alias
+
+log = logging.getLogger("meshserve.reload")
+
+Switch = Callable[[ResolvedArtifact], Awaitable[None]]
+
+
+class AliasWatcher:
+    """Polls `name@alias` every `poll_s` seconds and awaits `switch(artifact)` when it moved.
+
+    `served()` returns the version served now (None while nothing is loaded). A failed
+    switch is logged and retried at the next poll; the old version keeps serving.
+    `check_now()` lets a caller ask for a check at once (coalesced and rate limited),
+    e.g. when a request shows the partner service already serves a newer release.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        name: str,
+        alias: str,
+        poll_s: float,
+        served: Callable[[], str | None],
+        switch: Switch,
+        min_check_interval_s: float = 0.5,
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.name = name
+        self.alias = alias
+        self.poll_s = poll_s
+        self.served = served
+        self.switch = switch
+        self.min_check_interval_s = min_check_interval_s
+        self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Task[bool] | None = None
+        self._last_check = 0.0
+
+    def start(self) -> None:
+        """Start polling (no-op when poll_s is 0 or already started)."""
+        if self.poll_s > 0 and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._poll(), name=f"watch {self.name}@{self.alias}")
+
+    async def stop(self) -> None:
+        for task in (self._task, self._inflight):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._inflight = None
+
+    async def check_now(self) -> bool:
+        """Check the alias (joining a check already running); True if a switch happened."""
+        if self._inflight is None or self._inflight.done():
+            if time.monotonic() - self._last_check < self.min_check_interval_s:
+                return False  # just checked: don't hammer the registry
+            self._inflight = asyncio.get_running_loop().create_task(self._check())
+        # shield: a caller giving up (deadline) must not cancel a half-done reload
+        return await asyncio.shield(self._inflight)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self.check_now()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let a registry hiccup kill the watcher
+                log.exception("alias check failed", extra={"model": self.name, "alias": self.alias})
+
+    async def _check(self) -> bool:
+        self._last_check = time.monotonic()
+        # The registry client blocks (SQLite or HTTP): keep the event loop serving.
+        artifact = await asyncio.to_thread(resolve_alias, self.tracking_uri, self.name, self.alias)
+        served = self.served()
+        if artifact.version == served:
+            return False
+        log.info("alias moved; loading the new version", extra={**artifact.labels(), "previous_version": served})
+        start = time.perf_counter()
+        try:
+            await self.switch(artifact)
+        except Exception:
+            log.exception("reload failed; still serving the previous version", extra=artifact.labels())
+            return False
+        finally:
+            self._last_check = time.monotonic()
+        log.info("switched", extra={**artifact.labels(), "seconds": round(time.perf_counter() - start, 2)})
+        return True
