@@ -12,7 +12,7 @@ PACKAGES := gen/python runtime[mlflow] feature_repo training local \
 .PHONY: help install protos train run test test-unit chaos clean
 
 help:  ## list targets
-	@grep -E '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+	@grep -hE '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
 
 install: $(VENV)/.installed  ## create the venv and install everything (pinned)
 

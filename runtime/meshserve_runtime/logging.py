@@ -1,16 +1,44 @@
-"""Structured logs: one JSON object per line on stderr (or plain text for a terminal)."""
+"""Structured logs: one JSON object per line on stderr (or plain text for a terminal).
+
+Every line logged while a span is current carries `trace_id` and `span_id` (hex, as
+tracing backends show them), so a log search by trace id finds the lines of all four
+services for one request.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 
+from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds trace_id/span_id of the current span to each record (nothing outside a span)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            record.trace_id = trace.format_trace_id(ctx.trace_id)
+            record.span_id = trace.format_span_id(ctx.span_id)
+        return True
+
+
+class _PlainFormatter(logging.Formatter):
+    """Text lines for a terminal, with the trace id when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        trace_id = getattr(record, "trace_id", None)
+        return f"{line} trace_id={trace_id}" if trace_id else line
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     """Route every logger to stderr in one format; call once at process start."""
     handler = logging.StreamHandler(sys.stderr)
+    # On the handler, not a logger: it must see records propagated from every logger.
+    handler.addFilter(TraceContextFilter())
     if json_lines:
         handler.setFormatter(
             JsonFormatter(
@@ -19,7 +47,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
             )
         )
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(_PlainFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

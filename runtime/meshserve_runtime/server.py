@@ -26,12 +26,22 @@ from grpc_reflection.v1alpha import reflection
 from meshserve_runtime.interceptors import ServerInterceptor
 from meshserve_runtime.logging import configure_logging
 from meshserve_runtime.metrics import READY, start_metrics_server
+from meshserve_runtime.protocol import FEATURES_HEALTH_NAME, GATEWAY_HEALTH_NAME, MODEL_HEALTH_NAME, PREPROCESS_HEALTH_NAME
 from meshserve_runtime.settings import ServerSettings
+from meshserve_runtime.tracing import configure_tracing, flush_tracing
 
 log = logging.getLogger("meshserve.server")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+#: OpenTelemetry service.name of each service (OTEL_SERVICE_NAME overrides it).
+TRACE_SERVICE_NAMES = {
+    GATEWAY_HEALTH_NAME: "meshserve-gateway",
+    FEATURES_HEALTH_NAME: "meshserve-features",
+    PREPROCESS_HEALTH_NAME: "meshserve-preprocess",
+    MODEL_HEALTH_NAME: "meshserve-model",
+}
 
 
 class Service(abc.ABC):
@@ -89,6 +99,8 @@ class ServiceRunner:
 
     async def start(self) -> None:
         s = self.settings
+        # Before any handler runs, so every span goes to the configured exporter.
+        configure_tracing(TRACE_SERVICE_NAMES.get(self.service.name, self.service.name))
         self.server = grpc.aio.server(
             interceptors=[ServerInterceptor(self.service.name, access_log=s.access_log)],
             options=server_options(s),
@@ -151,6 +163,7 @@ class ServiceRunner:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_period_s)
         await self.service.close()
+        flush_tracing()  # flush the spans of the last calls
         log.info("stopped", extra={"service": self.service.name})
 
     async def run(self) -> None:

@@ -266,14 +266,14 @@ def test_bad_model_input_gets_its_status(stack: Stack, model_channel: grpc.Chann
 
 @pytest.mark.parametrize("payload", [b"\xff" * 7, b"\x0a\x05\x0a\x03", b"\x0a" + b"\xff" * 9 + b"\x01"], ids=["junk", "truncated", "bad-varint"])
 def test_undecodable_bytes_get_a_status_and_nothing_breaks(stack: Stack, gateway_channel: grpc.Channel, payload: bytes) -> None:
-    """Bytes that are not a PredictEntitiesRequest: gRPC refuses them; every service stays up."""
+    """Bytes that are not a PredictEntitiesRequest: INVALID_ARGUMENT with a reason; every service stays up."""
     call = gateway_channel.unary_unary(
         "/meshserve.v1.PredictionService/PredictEntities", request_serializer=None, response_deserializer=None
     )
-    try:
+    with pytest.raises(grpc.RpcError) as info:
         call(payload, timeout=10)
-    except grpc.RpcError as err:
-        assert err.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT), err
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+    assert "not a valid meshserve.v1.PredictEntitiesRequest" in info.value.details()
     assert_all_serving(stack)
 
 

@@ -3,12 +3,18 @@
 The servicer is a thin adapter over this. Every downstream failure is re-raised with
 its own status code and the name of the hop it came from; the caller's deadline is
 carried to every hop.
+
+A big batch is cut into `chunk_rows` chunks that go through preprocess and model
+concurrently (one features call per request still). Under concurrency, callers are
+coalesced (see coalesce.py) into one features call and one preprocess+model call per
+group of callers with the same frame schema; each caller's input is validated before
+it joins a group.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -18,13 +24,17 @@ from meshserve.inference.v2 import open_inference_pb2_grpc as v2_grpc
 from meshserve.v1 import features_pb2, features_pb2_grpc, prediction_pb2, preprocess_pb2, preprocess_pb2_grpc, types_pb2
 
 from meshserve_runtime.codecs import decode_frame, encode_frame
-from meshserve_runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, from_rpc_error
+from meshserve_runtime.errors import InvalidArgument, NotFound, Unavailable, from_rpc_error
 from meshserve_runtime.protocol import MODEL_ALIAS_PARAMETER, MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_ID_PARAMETER
 
+from meshserve_gateway.coalesce import Coalescer
+from meshserve_gateway.deadline import Deadline
 from meshserve_gateway.metrics import stage
-from meshserve_gateway.rows import describe_row, rows_to_frame
+from meshserve_gateway.rows import check_finite, concat_frames, describe_row, frame_schema, rows_to_frame, slice_frame
 
 _NOT_FOUND = features_pb2.FEATURE_STATUS_NOT_FOUND
+
+__all__ = ["Deadline", "Pipeline", "Scored"]
 
 
 @dataclass(slots=True)
@@ -33,18 +43,9 @@ class Scored:
     model: types_pb2.ArtifactIdentity
     preprocessor: types_pb2.ArtifactIdentity
 
-
-class Deadline:
-    """Seconds left for the whole pipeline, shared by its hops."""
-
-    def __init__(self, seconds: float) -> None:
-        self._end = time.monotonic() + seconds
-
-    def remaining(self, hop: str) -> float:
-        left = self._end - time.monotonic()
-        if left <= 0:
-            raise DeadlineExceeded(f"deadline exceeded before calling {hop}")
-        return left
+    def release(self) -> tuple[str, str, str, str]:
+        """Which preprocessor + model pair answered (chunks must all agree)."""
+        return (self.preprocessor.run_id, self.preprocessor.version, self.model.run_id, self.model.version)
 
 
 class Pipeline:
@@ -55,12 +56,23 @@ class Pipeline:
         model: v2_grpc.GRPCInferenceServiceStub,
         model_name: str,
         max_batch_rows: int,
+        *,
+        chunk_rows: int = 0,
+        coalesce_max_delay_us: int = 0,
+        coalesce_max_rows: int = 0,
     ) -> None:
         self.features = features
         self.preprocess = preprocess
         self.model = model
         self.model_name = model_name
         self.max_batch_rows = max_batch_rows
+        self.chunk_rows = chunk_rows
+        self.features_coalescer: Coalescer[types_pb2.Frame, features_pb2.GetOnlineFeaturesResponse] = Coalescer(
+            self._fetch, self._fetch_group, max_delay_us=coalesce_max_delay_us, max_rows=coalesce_max_rows
+        )
+        self.score_coalescer: Coalescer[types_pb2.Frame, Scored] = Coalescer(
+            self._score_chunked, self._score_group, max_delay_us=coalesce_max_delay_us, max_rows=coalesce_max_rows
+        )
 
     def _check_batch(self, rows: Sequence[types_pb2.Row], field: str) -> None:
         if not rows:
@@ -71,13 +83,9 @@ class Pipeline:
     async def predict_entities(self, entities: Sequence[types_pb2.Row], deadline: Deadline) -> prediction_pb2.PredictResponse:
         self._check_batch(entities, "entities")
         frame = rows_to_frame(entities, "entities", allow_null=False)
-        with stage("features"):
-            try:
-                feats = await self.features.GetOnlineFeatures(
-                    features_pb2.GetOnlineFeaturesRequest(entities=frame), timeout=deadline.remaining("features")
-                )
-            except grpc.aio.AioRpcError as err:
-                raise from_rpc_error(err, "features") from None
+        # Coalesced only with callers of the same key columns and types, so a caller
+        # with a malformed key (wrong type, missing column) never shares a call.
+        feats = await self.features_coalescer.submit(frame_schema(frame), frame, len(entities), deadline)
 
         # Rows with a feature the store does not have get a per-row NOT_FOUND; the rest
         # are scored (stale values arrive as nulls and are imputed by the preprocessor).
@@ -114,13 +122,71 @@ class Pipeline:
     async def predict_rows(self, rows: Sequence[types_pb2.Row], deadline: Deadline) -> prediction_pb2.PredictResponse:
         self._check_batch(rows, "rows")
         frame = rows_to_frame(rows, "rows", allow_null=True)
+        check_finite(frame, "rows")  # before it may share a preprocess call with others
         scored = await self._score(frame, deadline)
         response = prediction_pb2.PredictResponse(model=scored.model, preprocessor=scored.preprocessor)
         for p in scored.probabilities:
             response.predictions.add(probability=float(p))
         return response
 
+    # --- features -------------------------------------------------------------
+
+    async def _fetch(self, frame: types_pb2.Frame, deadline: Deadline) -> features_pb2.GetOnlineFeaturesResponse:
+        with stage("features"):
+            try:
+                return await self.features.GetOnlineFeatures(
+                    features_pb2.GetOnlineFeaturesRequest(entities=frame), timeout=deadline.remaining("features")
+                )
+            except grpc.aio.AioRpcError as err:
+                raise from_rpc_error(err, "features") from None
+
+    async def _fetch_group(self, frames: Sequence[types_pb2.Frame], deadline: Deadline) -> list[features_pb2.GetOnlineFeaturesResponse]:
+        """One features call for several callers, split back per caller (per-row
+        statuses included, so one caller's unknown entity stays that caller's)."""
+        merged = await self._fetch(concat_frames(frames), deadline)
+        out: list[features_pb2.GetOnlineFeaturesResponse] = []
+        start = 0
+        for f in frames:
+            stop = start + f.num_rows
+            part = features_pb2.GetOnlineFeaturesResponse(
+                features=slice_frame(merged.features, start, stop), feature_service=merged.feature_service
+            )
+            for status in merged.statuses:
+                part.statuses.add(name=status.name, statuses=status.statuses[start:stop])
+            out.append(part)
+            start = stop
+        return out
+
+    # --- preprocess + model -----------------------------------------------------
+
     async def _score(self, frame: types_pb2.Frame, deadline: Deadline) -> Scored:
+        return await self.score_coalescer.submit(frame_schema(frame), frame, frame.num_rows, deadline)
+
+    async def _score_group(self, frames: Sequence[types_pb2.Frame], deadline: Deadline) -> list[Scored]:
+        scored = await self._score_chunked(concat_frames(frames), deadline)
+        out: list[Scored] = []
+        start = 0
+        for f in frames:
+            stop = start + f.num_rows
+            out.append(Scored(scored.probabilities[start:stop], scored.model, scored.preprocessor))
+            start = stop
+        return out
+
+    async def _score_chunked(self, frame: types_pb2.Frame, deadline: Deadline) -> Scored:
+        """Cut a big frame into chunk_rows chunks scored concurrently, reassembled in order."""
+        n = frame.num_rows
+        if self.chunk_rows <= 0 or n <= self.chunk_rows:
+            return await self._score_once(frame, deadline)
+        chunks = [slice_frame(frame, a, min(a + self.chunk_rows, n)) for a in range(0, n, self.chunk_rows)]
+        for _ in range(2):
+            parts = await _gather_or_cancel([self._score_once(c, deadline) for c in chunks])
+            # During a hot reload chunks may land on different releases; one response
+            # names one release, so score again rather than mix them.
+            if len({p.release() for p in parts}) == 1:
+                return Scored(np.concatenate([p.probabilities for p in parts]), parts[0].model, parts[0].preprocessor)
+        raise Unavailable("the model release changed while the batch was being scored; retry")
+
+    async def _score_once(self, frame: types_pb2.Frame, deadline: Deadline) -> Scored:
         with stage("preprocess"):
             try:
                 pre = await self.preprocess.Transform(
@@ -148,6 +214,18 @@ class Pipeline:
             alias=out.parameters[MODEL_ALIAS_PARAMETER].string_param,
         )
         return Scored(probabilities, model, pre.preprocessor)
+
+
+async def _gather_or_cancel(calls: Sequence[Awaitable[Scored]]) -> list[Scored]:
+    """asyncio.gather, but the first failure cancels the siblings (no orphan calls)."""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _take_rows(frame: types_pb2.Frame, rows: list[int]) -> types_pb2.Frame:

@@ -78,3 +78,63 @@ def describe_row(row: types_pb2.Row) -> str:
         kind = v.WhichOneof("kind")
         parts.append(f"{name}={getattr(v, kind) if kind and kind != 'null_value' else 'null'}")
     return ", ".join(parts)
+
+
+# --- Frame slicing and concatenation, straight on the proto (no numpy round trip):
+# used to cut a big batch into chunks and to merge coalesced callers into one call.
+
+FrameSchema = tuple[tuple[str, str], ...]
+
+
+def frame_schema(frame: types_pb2.Frame) -> FrameSchema:
+    """(name, kind) per column: only frames with the same schema may be concatenated."""
+    return tuple((col.name, col.WhichOneof("values") or "") for col in frame.columns)
+
+
+def slice_frame(frame: types_pb2.Frame, start: int, stop: int) -> types_pb2.Frame:
+    """Rows [start, stop) of a frame."""
+    out = types_pb2.Frame(num_rows=stop - start)
+    for col in frame.columns:
+        kind = col.WhichOneof("values")
+        new = out.columns.add(name=col.name)
+        if kind is not None:
+            getattr(new, kind).values.extend(getattr(col, kind).values[start:stop])
+        if len(col.null_mask):
+            mask = col.null_mask[start:stop]
+            if any(mask):
+                new.null_mask.extend(mask)
+    return out
+
+
+def concat_frames(frames: Sequence[types_pb2.Frame]) -> types_pb2.Frame:
+    """Frames of one schema, one after the other (null masks padded where absent)."""
+    if len(frames) == 1:
+        return frames[0]
+    out = types_pb2.Frame(num_rows=sum(f.num_rows for f in frames))
+    for c, first in enumerate(frames[0].columns):
+        kind = first.WhichOneof("values")
+        new = out.columns.add(name=first.name)
+        any_null = any(len(f.columns[c].null_mask) for f in frames)
+        for f in frames:
+            col = f.columns[c]
+            if kind is not None:
+                getattr(new, kind).values.extend(getattr(col, kind).values)
+            if any_null:
+                new.null_mask.extend(col.null_mask if len(col.null_mask) else [False] * f.num_rows)
+    return out
+
+
+def check_finite(frame: types_pb2.Frame, field: str) -> None:
+    """NaN/infinity in raw rows is the caller's error: refuse it here, before the rows can
+    share a coalesced preprocess call with other callers' rows."""
+    for col in frame.columns:
+        if col.WhichOneof("values") != KIND_DOUBLE:
+            continue
+        values = np.asarray(col.double_values.values, dtype=np.float64)
+        finite = np.isfinite(values)
+        if len(col.null_mask):
+            finite |= np.asarray(col.null_mask, dtype=bool)
+        if not finite.all():
+            i = int(np.argmin(finite))
+            what = "NaN" if np.isnan(values[i]) else "infinity"
+            raise InvalidArgument(f"{field}[{i}].{col.name} is {what}; raw feature values must be finite (use null for a missing value)")

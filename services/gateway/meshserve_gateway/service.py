@@ -44,6 +44,9 @@ class GatewayService(Service):
             v2_grpc.GRPCInferenceServiceStub(self.channels[MODEL_HEALTH_NAME]),
             s.model_name,
             s.max_batch_rows,
+            chunk_rows=s.chunk_rows,
+            coalesce_max_delay_us=s.coalesce_max_delay_us,
+            coalesce_max_rows=s.coalesce_max_rows,
         )
         self.servicer = PredictionServicer(pipeline, s.default_timeout_s)
         prediction_pb2_grpc.add_PredictionServiceServicer_to_server(self.servicer, server)

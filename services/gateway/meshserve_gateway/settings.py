@@ -29,3 +29,9 @@ class GatewaySettings(ServerSettings):
     """Deadline for the whole pipeline when the caller sets none (a caller's shorter deadline wins)."""
     retry_attempts: int = Field(default=3, ge=1, le=5)
     """Attempts per internal call on UNAVAILABLE (gRPC service-config retries, throttled)."""
+    chunk_rows: int = Field(default=256, ge=0)
+    """Rows per preprocess+model call: a bigger batch is cut into chunks scored concurrently (0: never cut)."""
+    coalesce_max_delay_us: int = Field(default=1000, ge=0)
+    """Longest a request waits (microseconds) to share an internal call with concurrent ones; only waits while a call is in flight (0: no coalescing)."""
+    coalesce_max_rows: int = Field(default=256, ge=0)
+    """Most rows one coalesced internal call carries; keep it at most the features service's max_entities (0: no coalescing)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -25,6 +27,9 @@ class PreprocessSettings(ServerSettings):
     """Registered model name of the preprocessor."""
     alias: str = "production"
     """Registry alias to serve (e.g. production, or canary on canary pods)."""
+    compile: Literal["onnx", "none"] = "onnx"
+    """Serve an ONNX Runtime equivalent of the registered pipeline, checked against it at load
+    (max abs difference 1e-6 on a probe set, else the service stays not-ready); none: scikit-learn itself."""
     max_rows: int = Field(default=4096, ge=1)
     """Most rows one Transform call may carry."""
     alias_poll_s: float = Field(default=10.0, ge=0)

@@ -18,6 +18,8 @@ from meshserve_runtime.codecs import KIND_DOUBLE, KIND_INT64, ColumnData
 from meshserve_runtime.errors import InvalidArgument
 from meshserve_runtime.registry import ResolvedArtifact, resolve_alias
 
+from meshserve_preprocess.compiled import CompiledTransform, check, compile_pipeline, probe_set
+
 log = logging.getLogger("meshserve.preprocess")
 
 _NUMERIC_KINDS = (KIND_DOUBLE, KIND_INT64)
@@ -29,6 +31,8 @@ class LoadedPreprocessor:
     pipeline: Any
     input_columns: tuple[str, ...]
     num_outputs: int
+    #: ONNX Runtime equivalent checked against `pipeline` at load (None: serve `pipeline`).
+    compiled: CompiledTransform | None = None
 
     def to_matrix(self, columns: dict[str, ColumnData], num_rows: int) -> np.ndarray:
         """Validate the decoded columns and lay them out as the pipeline's float64 input."""
@@ -63,11 +67,14 @@ class LoadedPreprocessor:
         return x
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        out = self.pipeline.transform(x)
-        return np.asarray(out, dtype=np.float32)
+        if self.compiled is not None:
+            return self.compiled(x)
+        return np.asarray(self.pipeline.transform(x), dtype=np.float32)
 
 
-def load_preprocessor(tracking_uri: str, name: str, alias: str, artifact: ResolvedArtifact | None = None) -> LoadedPreprocessor:
+def load_preprocessor(
+    tracking_uri: str, name: str, alias: str, artifact: ResolvedArtifact | None = None, compile: str = "onnx"
+) -> LoadedPreprocessor:
     """Load one version (by default the one the alias points at) and warm it up (blocking)."""
     import mlflow.models
     import mlflow.sklearn
@@ -85,11 +92,22 @@ def load_preprocessor(tracking_uri: str, name: str, alias: str, artifact: Resolv
     probe = np.zeros((2, len(columns)), dtype=np.float64)
     num_outputs = int(np.asarray(pipeline.transform(probe)).shape[1])
     loaded = LoadedPreprocessor(artifact, pipeline, columns, num_outputs)
+    max_diff = None
+    if compile == "onnx":
+        compiled = compile_pipeline(pipeline, len(columns))
+        max_diff = check(compiled, pipeline, probe_set(pipeline, len(columns)))  # raises on mismatch
+        loaded.compiled = compiled
     # Warm-up: the first transform of each batch shape pays one-off costs.
     for n in (1, 8, 64, 256):
         loaded.transform(np.zeros((n, len(columns)), dtype=np.float64))
     log.info(
         "preprocessor loaded",
-        extra={**artifact.labels(), "columns": list(columns), "seconds": round(time.perf_counter() - start, 2)},
+        extra={
+            **artifact.labels(),
+            "columns": list(columns),
+            "compiled": compile,
+            "compiled_max_abs_diff": max_diff,
+            "seconds": round(time.perf_counter() - start, 2),
+        },
     )
     return loaded

@@ -1,0 +1,185 @@
+"""Coalescing of concurrent gateway requests into one internal call per stage.
+
+A small adaptive batcher, one per pipeline stage. Callers with the same key (the
+column schema of their frame, so only frames that concatenate cleanly meet) share a
+lane:
+
+* Nothing in flight on the lane: the caller is dispatched at once, alone. So at
+  concurrency 1 coalescing adds no delay at all.
+* A call in flight: the caller queues. The queue is dispatched as one group as soon
+  as the in-flight call finishes, when it holds `max_rows` rows, or after
+  `max_delay_us` (a caller never waits longer than that for company).
+
+Every member has its own future, so one caller cancelling never cancels the group.
+Errors: a group call failing with a status a single member may have caused
+(`retry_alone`, e.g. INVALID_ARGUMENT, NOT_FOUND, DEADLINE_EXCEEDED from the group's
+shared deadline) is retried member by member, so only the guilty caller sees it;
+any other status (UNAVAILABLE, FAILED_PRECONDITION...) is about the stage, not the
+rows, and fails every member with that status.
+Deadline: the group call runs under the earliest member deadline (no member is kept
+past its own); members with time left that lose to it are retried alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import grpc
+
+from meshserve_runtime.errors import ServiceError
+
+from meshserve_gateway.deadline import Deadline
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+DEFAULT_RETRY_ALONE = frozenset(
+    {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DEADLINE_EXCEEDED}
+)
+
+
+@dataclass(slots=True)
+class _Member(Generic[T, R]):
+    item: T
+    rows: int
+    deadline: Deadline
+    future: asyncio.Future[R]
+
+
+@dataclass(slots=True)
+class _Lane(Generic[T, R]):
+    queue: list[_Member[T, R]] = field(default_factory=list)
+    rows: int = 0
+    in_flight: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class Coalescer(Generic[T, R]):
+    """run_one(item, deadline) serves one caller; run_group(items, deadline) serves
+    several in one internal call and returns one result per item, in order."""
+
+    def __init__(
+        self,
+        run_one: Callable[[T, Deadline], Awaitable[R]],
+        run_group: Callable[[Sequence[T], Deadline], Awaitable[list[R]]],
+        *,
+        max_delay_us: int,
+        max_rows: int,
+        retry_alone: frozenset[grpc.StatusCode] = DEFAULT_RETRY_ALONE,
+    ) -> None:
+        self._run_one = run_one
+        self._run_group = run_group
+        self.max_delay_s = max_delay_us / 1e6
+        self.max_rows = max_rows
+        self.retry_alone = retry_alone
+        self._lanes: dict[Hashable, _Lane[T, R]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # strong refs: a running group is never GC'd
+        self.groups = 0  # internal calls made for more than one caller (for tests/metrics)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_delay_s > 0 and self.max_rows > 0
+
+    async def submit(self, key: Hashable, item: T, rows: int, deadline: Deadline) -> R:
+        if not self.enabled or rows >= self.max_rows:
+            return await self._run_one(item, deadline)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = _Lane()
+        if lane.in_flight == 0 and not lane.queue:
+            # Idle lane: go now. The caller's own task runs the call (no hand-off cost).
+            lane.in_flight += 1
+            try:
+                return await self._run_one(item, deadline)
+            finally:
+                lane.in_flight -= 1
+                self._on_idle(key, lane)
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        lane.queue.append(_Member(item, rows, deadline, future))
+        lane.rows += rows
+        if lane.rows >= self.max_rows:
+            self._flush(key)
+        elif lane.timer is None:
+            lane.timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._flush, key)
+        return await future
+
+    def _on_idle(self, key: Hashable, lane: _Lane[T, R]) -> None:
+        """A call on the lane finished: send whatever queued up meanwhile."""
+        if lane.queue:
+            self._flush(key)
+        elif lane.in_flight == 0:
+            self._lanes.pop(key, None)  # keys are schemas: don't keep idle lanes around
+
+    def _flush(self, key: Hashable) -> None:
+        lane = self._lanes.get(key)
+        if lane is None:
+            return
+        if lane.timer is not None:
+            lane.timer.cancel()
+            lane.timer = None
+        members = [m for m in lane.queue if not m.future.done()]  # drop callers that gave up
+        lane.queue.clear()
+        lane.rows = 0
+        # Pack in arrival order into groups of at most max_rows rows.
+        group: list[_Member[T, R]] = []
+        size = 0
+        for m in members:
+            if group and size + m.rows > self.max_rows:
+                self._start(key, lane, group)
+                group, size = [], 0
+            group.append(m)
+            size += m.rows
+        if group:
+            self._start(key, lane, group)
+
+    def _start(self, key: Hashable, lane: _Lane[T, R], group: list[_Member[T, R]]) -> None:
+        lane.in_flight += 1
+        task = asyncio.create_task(self._run(key, lane, group))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: Hashable, lane: _Lane[T, R], group: list[_Member[T, R]]) -> None:
+        try:
+            if len(group) == 1:
+                await self._serve_alone(group[0])
+                return
+            self.groups += 1
+            deadline = min((m.deadline for m in group), key=lambda d: d.end)
+            try:
+                results = await self._run_group([m.item for m in group], deadline)
+            except ServiceError as err:
+                if err.code in self.retry_alone:
+                    await asyncio.gather(*(self._serve_alone(m) for m in group))
+                else:
+                    for m in group:  # one exception object per caller: tracebacks stay apart
+                        _fail(m.future, ServiceError(err.message, err.code))
+                return
+            except Exception as err:  # noqa: BLE001 - every member must hear about it
+                for m in group:
+                    _fail(m.future, err)
+                return
+            for m, result in zip(group, results, strict=True):
+                if not m.future.done():
+                    m.future.set_result(result)
+        finally:
+            lane.in_flight -= 1
+            self._on_idle(key, lane)
+
+    async def _serve_alone(self, m: _Member[T, R]) -> None:
+        if m.future.done():
+            return
+        try:
+            result = await self._run_one(m.item, m.deadline)
+        except Exception as err:  # noqa: BLE001 - delivered to that caller only
+            _fail(m.future, err)
+        else:
+            if not m.future.done():
+                m.future.set_result(result)
+
+
+def _fail(future: asyncio.Future[R], err: BaseException) -> None:
+    if not future.done():
+        future.set_exception(err)

@@ -1,0 +1,69 @@
+"""The observability additions of the chart: Grafana dashboard ConfigMap and PrometheusRule.
+
+Both are off by default (the existing value cases never render them); here they are
+rendered on, checked for shape, and checked to render nothing when off. Whether every
+metric they name is really exported is checked against a live scrape in
+tests/e2e/test_observability.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+from chart_helpers import CHART_DIR, K8S_VERSIONS, NAMESPACE, RELEASE
+
+from meshserve_runtime.metrics import LATENCY_BUCKETS
+
+ON = {"metrics": {"dashboard": {"enabled": True}, "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}}}
+
+
+def render(values: dict[str, Any]) -> list[dict]:
+    rendered = helm_python.Chart.load(str(CHART_DIR)).render(values, name=RELEASE, namespace=NAMESPACE)
+    return [d for path, text in rendered.items() if path.endswith(".yaml") for d in yaml.safe_load_all(text) if d]
+
+
+def test_off_by_default() -> None:
+    docs = render({})
+    assert not [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert not [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_dashboard_configmap(version: str) -> None:
+    cms = [d for d in render(ON) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == f"{RELEASE}-dashboard"]
+    assert len(cms) == 1
+    cm = cms[0]
+    kubernetes_validate.validate(cm, version, strict=True)
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    board = json.loads(cm["data"]["meshserve.json"])
+    assert board["uid"] == "meshserve-overview"
+    titles = " ".join(p["title"] for p in board["panels"])
+    for words in ("by service", "by stage", "Batch size", "Queue depth", "Ready replicas", "by track"):
+        assert words in titles, words
+
+
+def test_prometheus_rule_shape_and_thresholds() -> None:
+    values = {"metrics": {"prometheusRule": {"enabled": True, "slo": {"availabilityTarget": 0.995, "latencyThresholdSeconds": "0.25"}}}}
+    rules = [d for d in render(values) if d["kind"] == "PrometheusRule"]
+    assert len(rules) == 1
+    rule = rules[0]
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["metadata"]["namespace"] == NAMESPACE
+    exprs = {r.get("alert") or r["record"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert "(14.4 * (1 - 0.995))" in exprs["MeshserveAvailabilityBudgetBurnFast"]
+    assert 'le="0.25"' in exprs["meshserve:gateway_slow:ratio_rate5m"]
+    for windows in (("1h", "5m"), ("6h", "30m")):
+        for w in windows:
+            assert f"meshserve:gateway_errors:ratio_rate{w}" in exprs
+
+
+def test_latency_threshold_must_be_a_bucket() -> None:
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())
+    allowed = schema["properties"]["metrics"]["properties"]["prometheusRule"]["properties"]["slo"]["properties"]["latencyThresholdSeconds"]["enum"]
+    assert allowed == [str(b) for b in LATENCY_BUCKETS]  # the exporter's le strings
+    with pytest.raises(Exception):
+        render({"metrics": {"prometheusRule": {"enabled": True, "slo": {"latencyThresholdSeconds": "0.2"}}}})

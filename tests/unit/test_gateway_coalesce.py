@@ -1,0 +1,310 @@
+"""Gateway chunking and coalescing, against fake internal services (no processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+import numpy as np
+import pytest
+from meshserve.inference.v2 import open_inference_pb2 as v2
+from meshserve.v1 import features_pb2, preprocess_pb2, types_pb2
+
+from meshserve_runtime.codecs import decode_frame, encode_frame, encode_tensor, float_column
+from meshserve_runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError
+from meshserve_runtime.protocol import MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_ID_PARAMETER
+
+from meshserve_gateway.coalesce import Coalescer
+from meshserve_gateway.deadline import Deadline
+from meshserve_gateway.pipeline import Pipeline
+from meshserve_gateway.rows import concat_frames, rows_to_frame, slice_frame
+
+UNKNOWN_DRIVER = 9999
+
+
+def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+class Fakes:
+    """features: x = driver_id / 10000 (+ customer_id / 1e6); preprocess: 2x; model: x + run offset.
+
+    Each call sleeps `delay` (so calls overlap) and records its row count; preprocess
+    refuses x < 0 with INVALID_ARGUMENT like a real column check would.
+    """
+
+    def __init__(self, delay: float = 0.005) -> None:
+        self.delay = delay
+        self.features_calls: list[int] = []
+        self.preprocess_calls: list[int] = []
+        self.model_calls: list[int] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.fail_preprocess: grpc.StatusCode | None = None
+        self.model_run_ids: list[str] = []  # popped per model call when set (hot reload)
+
+    async def _work(self, timeout: float | None) -> None:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if timeout is not None and timeout < self.delay:
+                await asyncio.sleep(timeout)
+                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            await asyncio.sleep(self.delay)
+        finally:
+            self.in_flight -= 1
+
+    async def GetOnlineFeatures(self, request: features_pb2.GetOnlineFeaturesRequest, timeout: float | None = None) -> features_pb2.GetOnlineFeaturesResponse:
+        self.features_calls.append(request.entities.num_rows)
+        await self._work(timeout)
+        cols = decode_frame(request.entities)
+        drivers, customers = cols["driver_id"].values, cols["customer_id"].values
+        x = drivers / 10000 + customers / 1e6
+        found = drivers != UNKNOWN_DRIVER
+        reply = features_pb2.GetOnlineFeaturesResponse(
+            features=encode_frame({"x": float_column(x, ~found)}, len(x)), feature_service="fs"
+        )
+        statuses = [features_pb2.FEATURE_STATUS_PRESENT if f else features_pb2.FEATURE_STATUS_NOT_FOUND for f in found]
+        reply.statuses.add(name="x", statuses=statuses)
+        return reply
+
+    async def Transform(self, request: preprocess_pb2.TransformRequest, timeout: float | None = None) -> preprocess_pb2.TransformResponse:
+        self.preprocess_calls.append(request.frame.num_rows)
+        await self._work(timeout)
+        if self.fail_preprocess is not None:
+            raise rpc_error(self.fail_preprocess, "preprocess is down")
+        x = decode_frame(request.frame)["x"].values
+        if (x < 0).any():
+            raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"column 'x' row {int(np.argmax(x < 0))} is negative")
+        tensor = encode_tensor((2 * x).astype(np.float32).reshape(-1, 1))
+        return preprocess_pb2.TransformResponse(tensor=tensor, preprocessor=types_pb2.ArtifactIdentity(name="pre", run_id="run1"))
+
+    async def ModelInfer(self, request: v2.ModelInferRequest, timeout: float | None = None) -> v2.ModelInferResponse:
+        self.model_calls.append(request.inputs[0].shape[0])
+        await self._work(timeout)
+        assert request.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param == "run1"
+        x = np.frombuffer(request.raw_input_contents[0], dtype="<f4")
+        out = v2.ModelInferResponse(model_name="m", model_version="1")
+        run_id = self.model_run_ids.pop(0) if self.model_run_ids else "run1"
+        out.parameters[MODEL_RUN_ID_PARAMETER].string_param = run_id
+        out.raw_output_contents.append((x + 0.125).astype("<f4").tobytes())
+        return out
+
+
+def entity(driver: int, customer: int = 2001) -> types_pb2.Row:
+    row = types_pb2.Row()
+    row.values["driver_id"].int64_value = driver
+    row.values["customer_id"].int64_value = customer
+    return row
+
+
+def raw(x: float) -> types_pb2.Row:
+    row = types_pb2.Row()
+    row.values["x"].double_value = x
+    return row
+
+
+def pipeline(fakes: Fakes, *, chunk_rows: int = 0, delay_us: int = 0, max_rows: int = 0) -> Pipeline:
+    return Pipeline(fakes, fakes, fakes, "m", 1000, chunk_rows=chunk_rows, coalesce_max_delay_us=delay_us, coalesce_max_rows=max_rows)
+
+
+def probs(reply) -> list[float | str]:
+    return [p.probability if p.WhichOneof("result") == "probability" else p.error.status for p in reply.predictions]
+
+
+def expected(driver: int, customer: int = 2001) -> float:
+    return float(np.float32(2 * (driver / 10000 + customer / 1e6)) + np.float32(0.125))
+
+
+# --- frame helpers ------------------------------------------------------------
+
+
+def test_slice_and_concat_round_trip_with_nulls() -> None:
+    rows = [raw(float(i)) for i in range(5)]
+    rows[3].values["x"].null_value = 0
+    frame = rows_to_frame(rows, "rows", allow_null=True)
+    parts = [slice_frame(frame, 0, 2), slice_frame(frame, 2, 5)]
+    assert not len(parts[0].columns[0].null_mask)  # no nulls there: mask dropped
+    assert concat_frames(parts) == frame
+
+
+# --- (a) chunking -------------------------------------------------------------
+
+
+def test_big_batch_is_chunked_concurrently_and_reassembled_in_order() -> None:
+    async def go() -> tuple[list, list, Fakes]:
+        fakes = Fakes()
+        rows = [raw(i / 1000) for i in range(1000)]
+        chunked = await pipeline(fakes, chunk_rows=256).predict_rows(rows, Deadline(5))
+        whole = await pipeline(Fakes()).predict_rows(rows, Deadline(5))
+        return probs(chunked), probs(whole), fakes
+
+    chunked, whole, fakes = asyncio.run(go())
+    assert fakes.preprocess_calls == [256, 256, 256, 232]
+    assert sorted(fakes.model_calls) == [232, 256, 256, 256]
+    assert fakes.max_in_flight == 4  # the chunks ran concurrently
+    assert chunked == whole
+    np.testing.assert_allclose(chunked, [np.float32(2 * i / 1000) + np.float32(0.125) for i in range(1000)], atol=1e-6)
+
+
+def test_entities_get_one_features_call_however_many_chunks() -> None:
+    fakes = Fakes()
+    reply = asyncio.run(pipeline(fakes, chunk_rows=3).predict_entities([entity(1000 + i) for i in range(10)], Deadline(5)))
+    assert fakes.features_calls == [10]
+    assert len(fakes.preprocess_calls) == 4
+    np.testing.assert_allclose(probs(reply), [expected(1000 + i) for i in range(10)], atol=1e-6)
+
+
+def test_chunks_answered_by_two_releases_are_rescored_never_mixed() -> None:
+    fakes = Fakes()
+    fakes.model_run_ids = ["run1", "run2"]  # a hot reload lands between the two chunks
+    reply = asyncio.run(pipeline(fakes, chunk_rows=2).predict_rows([raw(0.1)] * 4, Deadline(5)))
+    assert len(fakes.model_calls) == 4  # scored twice; the second time both chunks agree
+    assert reply.model.run_id == "run1"
+
+
+# --- (b) coalescing -----------------------------------------------------------
+
+
+def test_concurrency_one_adds_no_delay() -> None:
+    async def go() -> float:
+        fakes = Fakes(delay=0.001)
+        p = pipeline(fakes, delay_us=2_000_000, max_rows=256)  # a 2 s max delay: must never be paid alone
+        start = time.perf_counter()
+        for i in range(5):
+            await p.predict_entities([entity(1000 + i)], Deadline(5))
+        assert p.features_coalescer.groups == p.score_coalescer.groups == 0
+        return time.perf_counter() - start
+
+    assert asyncio.run(go()) < 0.5
+
+
+def test_concurrent_callers_are_coalesced_and_get_their_own_answers() -> None:
+    async def go() -> tuple[list, Fakes, Pipeline]:
+        fakes = Fakes()
+        p = pipeline(fakes, delay_us=50_000, max_rows=256)
+        replies = await asyncio.gather(*(p.predict_entities([entity(1000 + i), entity(1100 + i)], Deadline(5)) for i in range(20)))
+        return [probs(r) for r in replies], fakes, p
+
+    got, fakes, p = asyncio.run(go())
+    want = [[expected(1000 + i), expected(1100 + i)] for i in range(20)]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert len(fakes.features_calls) < 20 and sum(fakes.features_calls) == 40
+    assert len(fakes.preprocess_calls) < 20 and sum(fakes.preprocess_calls) == 40
+    assert p.features_coalescer.groups >= 1
+
+
+def test_max_rows_caps_a_group() -> None:
+    async def go() -> Fakes:
+        fakes = Fakes()
+        p = pipeline(fakes, delay_us=50_000, max_rows=4)
+        await asyncio.gather(*(p.predict_entities([entity(1000 + i)], Deadline(5)) for i in range(13)))
+        return fakes
+
+    fakes = asyncio.run(go())
+    assert max(fakes.features_calls) <= 4 and sum(fakes.features_calls) == 13
+
+
+def test_unknown_entity_stays_with_its_caller() -> None:
+    async def go() -> list:
+        p = pipeline(Fakes(), delay_us=50_000, max_rows=256)
+        calls = [
+            p.predict_entities([entity(1001)], Deadline(5)),
+            p.predict_entities([entity(1002), entity(UNKNOWN_DRIVER)], Deadline(5)),
+            p.predict_entities([entity(UNKNOWN_DRIVER)], Deadline(5)),
+            p.predict_entities([entity(1003)], Deadline(5)),
+        ]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    a, b, c, d = asyncio.run(go())
+    assert probs(a) == pytest.approx([expected(1001)], abs=1e-6)
+    assert probs(b)[0] == pytest.approx(expected(1002), abs=1e-6) and probs(b)[1] == "NOT_FOUND"
+    assert isinstance(c, NotFound) and "driver_id=9999" in c.message
+    assert probs(d) == pytest.approx([expected(1003)], abs=1e-6)
+
+
+def test_malformed_input_fails_only_its_caller() -> None:
+    async def go() -> tuple[list, Fakes]:
+        fakes = Fakes()
+        p = pipeline(fakes, delay_us=50_000, max_rows=256)
+        calls = [
+            p.predict_rows([raw(0.1)], Deadline(5)),
+            p.predict_rows([raw(0.2)], Deadline(5)),
+            p.predict_rows([raw(float("nan"))], Deadline(5)),  # refused before joining a group
+            p.predict_rows([raw(-1.0)], Deadline(5)),  # refused downstream: group retried alone
+            p.predict_rows([raw(0.3)], Deadline(5)),
+            p.predict_entities([entity(1001), types_pb2.Row()], Deadline(5)),  # refused before joining
+        ]
+        return await asyncio.gather(*calls, return_exceptions=True), fakes
+
+    (a, b, nan, neg, e, bad), fakes = asyncio.run(go())
+    for reply, x in ((a, 0.1), (b, 0.2), (e, 0.3)):
+        assert probs(reply) == pytest.approx([np.float32(2 * x) + np.float32(0.125)], abs=1e-6)
+    assert isinstance(nan, InvalidArgument) and "NaN" in nan.message
+    assert isinstance(neg, ServiceError) and neg.code == grpc.StatusCode.INVALID_ARGUMENT and "negative" in neg.message
+    assert isinstance(bad, InvalidArgument)
+    assert max(fakes.preprocess_calls) > 1  # there was a group, and it was split on failure
+
+
+def test_stage_failure_fails_every_member_with_its_status() -> None:
+    async def go() -> list:
+        fakes = Fakes()
+        fakes.fail_preprocess = grpc.StatusCode.UNAVAILABLE
+        p = pipeline(fakes, delay_us=50_000, max_rows=256)
+        return await asyncio.gather(*(p.predict_rows([raw(0.1)], Deadline(5)) for _ in range(6)), return_exceptions=True)
+
+    for err in asyncio.run(go()):
+        assert isinstance(err, ServiceError) and err.code == grpc.StatusCode.UNAVAILABLE
+        assert err.message == "preprocess: preprocess is down"
+
+
+def test_short_deadline_member_does_not_fail_the_others() -> None:
+    async def go() -> list:
+        fakes = Fakes(delay=0.03)
+        p = pipeline(fakes, delay_us=50_000, max_rows=256)
+        first = asyncio.ensure_future(p.predict_rows([raw(0.1)], Deadline(5)))  # occupies the lane
+        await asyncio.sleep(0)
+        calls = [p.predict_rows([raw(0.2)], Deadline(0.04)), p.predict_rows([raw(0.3)], Deadline(5))]
+        return [await first, *await asyncio.gather(*calls, return_exceptions=True)]
+
+    first, short, long_ = asyncio.run(go())
+    assert isinstance(short, DeadlineExceeded) or getattr(short, "code", None) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert probs(long_) == pytest.approx([np.float32(0.6) + np.float32(0.125)], abs=1e-6)
+    assert len(probs(first)) == 1
+
+
+def test_a_cancelled_caller_does_not_cancel_its_group() -> None:
+    async def go() -> tuple[list, list]:
+        p = pipeline(Fakes(delay=0.01), delay_us=50_000, max_rows=256)
+        first = asyncio.ensure_future(p.predict_rows([raw(0.1)], Deadline(5)))
+        await asyncio.sleep(0)
+        tasks = [asyncio.ensure_future(p.predict_rows([raw(x)], Deadline(5))) for x in (0.2, 0.3, 0.4)]
+        await asyncio.sleep(0.001)
+        tasks[1].cancel()
+        done = await asyncio.gather(first, *tasks, return_exceptions=True)
+        return [*probs(done[0]), *probs(done[1]), *probs(done[3])], [type(x) for x in done]
+
+    got, types = asyncio.run(go())
+    assert types[2] is asyncio.CancelledError
+    assert got == pytest.approx([np.float32(2 * x) + np.float32(0.125) for x in (0.1, 0.2, 0.4)], abs=1e-6)
+
+
+def test_disabled_coalescer_passes_through() -> None:
+    async def go() -> int:
+        calls = 0
+
+        async def one(item: int, deadline: Deadline) -> int:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.001)
+            return item * 2
+
+        async def group(items, deadline):  # noqa: ANN001
+            raise AssertionError("no groups when disabled")
+
+        c: Coalescer[int, int] = Coalescer(one, group, max_delay_us=0, max_rows=256)
+        assert await asyncio.gather(*(c.submit("k", i, 1, Deadline(5)) for i in range(8))) == [i * 2 for i in range(8)]
+        return calls
+
+    assert asyncio.run(go()) == 8
