@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,19 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.report import write_report
 from bench.settings import BenchSettings
-from meshserve_local.stack import HEALTH_NAMES, Stack, StackConfig
+from meshserve_local.stack import HEALTH_NAMES, Stack, StackConfig, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def wait_serving(target: str, service: str = "", timeout: float = 120.0) -> None:

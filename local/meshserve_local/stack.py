@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,17 @@ HEALTH_NAMES = {
 }
 DEFAULT_PORTS = {"gateway": 50051, "features": 50052, "preprocess": 50053, "model": 50054}
 DEFAULT_METRICS_PORTS = {"gateway": 9101, "features": 9102, "preprocess": 9103, "model": 9104}
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports (held open together so none repeats)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 @dataclass

@@ -6,29 +6,20 @@ Assertions are about outcomes (which statuses, nothing lost, recovery), never ti
 from __future__ import annotations
 
 import signal
-import time
-import urllib.request
 
 import grpc
 import pytest
 from meshserve.v1 import prediction_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from meshserve_local.stack import Stack
 from tests.chaos.load import Load, LoadResult, entity_request
+from tests.fixtures.metrics import scrape_service, value
 
 pytestmark = pytest.mark.chaos
 
 
 def counter(stack: Stack, service: str, name: str, **labels: str) -> float:
-    url = f"http://127.0.0.1:{stack.config.metrics_ports[service]}/metrics"
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    total = 0.0
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
+    return value(scrape_service(stack, service), name, **labels)
 
 
 def test_expired_deadline_does_no_downstream_work(chaos_stack: Stack, record) -> None:

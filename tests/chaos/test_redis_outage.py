@@ -18,7 +18,8 @@ import redis
 
 from meshserve_local.stack import Stack
 from tests.chaos.load import Load, entity_request
-from tests.e2e.conftest import free_ports, make_stack_config
+from meshserve_local.stack import free_ports
+from tests.e2e.conftest import make_stack_config
 from tests.fixtures.trained import TrainedHome
 
 pytestmark = pytest.mark.chaos

@@ -7,28 +7,16 @@ MESHSERVE_HOME; each online store gets its own stack of four processes.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from meshserve_local.stack import HEALTH_NAMES, Stack, StackConfig
+from meshserve_local.stack import HEALTH_NAMES, Stack, StackConfig, free_ports
 
 from tests.fixtures.trained import REDIS_TEST_URL, TrainedHome, redis_available
 
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from meshserve.inference.v2 import open_inference_pb2 as v2
 from meshserve.inference.v2 import open_inference_pb2_grpc as v2_grpc
 
-from tests.e2e.conftest import free_ports
+from meshserve_local.stack import free_ports
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,6 @@ import json
 import re
 import threading
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from concurrent import futures
@@ -24,12 +23,12 @@ import pytest
 import yaml
 from meshserve.v1 import prediction_pb2, prediction_pb2_grpc, types_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
 from meshserve_local.stack import HEALTH_NAMES, Stack
 from meshserve_runtime.tracing import TRACE_ID_METADATA_KEY
 
 from tests.e2e.conftest import make_stack_config
+from tests.fixtures.metrics import Samples, scrape_service, value
 from tests.e2e.test_pipeline import FEATURES
 
 pytestmark = pytest.mark.e2e
@@ -91,23 +90,9 @@ def traced_stack(trained_home: Path, collector: tuple[Collector, int]) -> Iterat
         yield stack
 
 
-def scrape(stack: Stack) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+def scrape(stack: Stack) -> dict[str, Samples]:
     """Every sample of every service's /metrics: {service: {(name, labels): value}}."""
-    out = {}
-    for service in SERVICES:
-        url = f"http://{stack.config.host}:{stack.config.metrics_ports[service]}/metrics"
-        text = urllib.request.urlopen(url, timeout=5).read().decode()
-        out[service] = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
-    return out
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    """Sum of the samples named `name` whose labels include `labels`."""
-    return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
+    return {service: scrape_service(stack, service) for service in SERVICES}
 
 
 def metric_names(samples_by_service: dict) -> set[str]:

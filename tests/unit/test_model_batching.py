@@ -16,16 +16,7 @@ from meshserve_runtime.registry import ResolvedArtifact
 from meshserve_model.batching import Batcher, batch_buckets
 from meshserve_model.model import LoadedModel
 
-N_FEATURES = 3
-
-
-class Tiny(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = torch.nn.Linear(N_FEATURES, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.linear(x))
+from tests.unit.test_model_servicer import N_FEATURES, Tiny
 
 
 class Recording:
