@@ -172,6 +172,8 @@ def container_env(svc: str, home: Path) -> dict[str, str]:
         "MESHSERVE_HOME": str(home),
         prefix + "PORT": str(grpc_port(svc)),
         prefix + "METRICS_PORT": str(metrics_port(svc)),
+        # The image binds 0.0.0.0, where plaintext gRPC must be chosen explicitly (or TLS configured).
+        prefix + "PLAINTEXT": "true",
     }
     if svc in ("preprocess", "model"):
         uri = f"sqlite:///{home / 'mlflow.db'}"

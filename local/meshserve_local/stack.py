@@ -42,6 +42,43 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+@dataclass(frozen=True)
+class StackTLS:
+    """TLS of a local stack, laid out like a Kubernetes TLS Secret: ca.crt signed tls.crt,
+    which every service serves (its SANs must hold the stack's host) and, with `mutual`,
+    also presents as its client certificate (the gateway to features/preprocess/model, and
+    the stack's own health checks); `mutual`: every service requires a client certificate."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    mutual: bool = True
+
+    @classmethod
+    def from_dir(cls, directory: Path, mutual: bool = True) -> StackTLS:
+        directory = Path(directory).resolve()
+        return cls(directory / "ca.crt", directory / "tls.crt", directory / "tls.key", mutual)
+
+    def env(self, prefix: str, gateway: bool) -> dict[str, str]:
+        env = {prefix + "TLS_CERT_FILE": str(self.cert), prefix + "TLS_KEY_FILE": str(self.key)}
+        if self.mutual:
+            env[prefix + "TLS_CLIENT_CA_FILE"] = str(self.ca)
+        if gateway:
+            env[prefix + "UPSTREAM_TLS_CA_FILE"] = str(self.ca)
+            if self.mutual:
+                env[prefix + "UPSTREAM_TLS_CERT_FILE"] = str(self.cert)
+                env[prefix + "UPSTREAM_TLS_KEY_FILE"] = str(self.key)
+        return env
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Channel credentials of a caller (with the client certificate when mutual)."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes() if self.mutual else None,
+            certificate_chain=self.cert.read_bytes() if self.mutual else None,
+        )
+
+
 @dataclass
 class StackConfig:
     home: Path
@@ -53,9 +90,20 @@ class StackConfig:
     log_json: bool = True
     #: Extra env per service, e.g. {"model": {"MESHSERVE_MODEL_ALIAS": "canary"}}.
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: TLS (mutual by default) on every hop; None: plaintext (on loopback only).
+    tls: StackTLS | None = None
+    #: Plaintext grpc.health.v1-only port per service (settings.health_port); missing: none.
+    health_ports: dict[str, int] = field(default_factory=dict)
 
     def target(self, service: str) -> str:
         return f"{self.host}:{self.ports[service]}"
+
+    def channel(self, service: str, **options: object) -> grpc.Channel:
+        """A blocking channel to a service, over TLS when the stack has it."""
+        opts = list(options.items())
+        if self.tls is not None:
+            return grpc.secure_channel(self.target(service), self.tls.credentials(), options=opts)
+        return grpc.insecure_channel(self.target(service), options=opts)
 
 
 class StackError(RuntimeError):
@@ -87,6 +135,10 @@ class Stack:
         if service == "gateway":
             for dep in ("features", "preprocess", "model"):
                 env[f"MESHSERVE_GATEWAY_{dep.upper()}_TARGET"] = c.target(dep)
+        if c.tls is not None:
+            env.update(c.tls.env(prefix, gateway=service == "gateway"))
+        if service in c.health_ports:
+            env[prefix + "HEALTH_PORT"] = str(c.health_ports[service])
         if service == "features":
             env["MESHSERVE_FEATURES_ONLINE_STORE"] = c.online_store
             env["MESHSERVE_FEATURES_REDIS_URL"] = c.redis_url
@@ -138,7 +190,7 @@ class Stack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def is_serving(self, service: str, timeout: float = 1.0) -> bool:
-        with grpc.insecure_channel(self.config.target(service)) as channel:
+        with self.config.channel(service) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=HEALTH_NAMES[service]), timeout=timeout
@@ -198,7 +250,7 @@ class Stack:
 
 
 EXAMPLE = """
-meshserve is up:
+meshserve is up{tls_note}:
   gateway     {gateway}   (meshserve.v1.PredictionService)
   features    {features}
   preprocess  {preprocess}
@@ -206,8 +258,8 @@ meshserve is up:
   logs        {logs}
 
 Try it:
-  {venv}meshserve predict --driver 1001 --customer 2001
-  grpcurl -plaintext -d '{{"entities":[{{"values":{{"driver_id":{{"int64Value":"1001"}},"customer_id":{{"int64Value":"2001"}}}}}}]}}' \\
+  {venv}meshserve predict {predict_tls}--driver 1001 --customer 2001
+  grpcurl {grpcurl_tls} -d '{{"entities":[{{"values":{{"driver_id":{{"int64Value":"1001"}},"customer_id":{{"int64Value":"2001"}}}}}}]}}' \\
       {gateway} meshserve.v1.PredictionService/PredictEntities
 
 Ctrl-C stops all four.
@@ -221,7 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-if-empty", action="store_true", help="train and register the demo model first if the registry has none")
     parser.add_argument("--online-store", choices=["sqlite", "redis"], default=os.environ.get("MESHSERVE_FEATURES_ONLINE_STORE", "sqlite"))
     parser.add_argument("--redis-url", default=os.environ.get("MESHSERVE_FEATURES_REDIS_URL", "127.0.0.1:6379"))
+    parser.add_argument(
+        "--tls-dir", type=Path, default=None,
+        help="mutual TLS on every hop with DIR/ca.crt, DIR/tls.crt, DIR/tls.key (e.g. from `meshserve dev-certs DIR`)",
+    )
+    parser.add_argument("--tls-server-only", action="store_true", help="with --tls-dir: TLS without client certificates")
     args = parser.parse_args(argv)
+    tls = StackTLS.from_dir(args.tls_dir, mutual=not args.tls_server_only) if args.tls_dir else None
+    if tls is not None:
+        missing = [str(p) for p in (tls.ca, tls.cert, tls.key) if not p.is_file()]
+        if missing:
+            print(f"--tls-dir {args.tls_dir}: missing {', '.join(missing)} (create them with `meshserve dev-certs {args.tls_dir}`)", file=sys.stderr)
+            return 2
 
     home = meshserve_home()
     if args.train_if_empty:
@@ -231,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"checking the registry in {home} (training the demo model if it is empty)...", flush=True)
         subprocess.run(cmd, check=True, env={**os.environ, "MESHSERVE_HOME": str(home)})
 
-    config = StackConfig(home=home, online_store=args.online_store, redis_url=args.redis_url)
+    config = StackConfig(home=home, online_store=args.online_store, redis_url=args.redis_url, tls=tls)
     stack = Stack(config)
     stop = False
 
@@ -246,7 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.wait_ready()
         venv = str(Path(sys.executable).parent) + "/"
-        print(EXAMPLE.format(**{s: config.target(s) for s in DEFAULT_PORTS}, logs=stack.log_dir, venv=venv), flush=True)
+        if tls is None:
+            tls_note, predict_tls, grpcurl_tls = "", "", "-plaintext"
+        else:
+            tls_note, predict_tls = ", TLS on every hop", f"--tls-dir {args.tls_dir} "
+            grpcurl_tls = f"-cacert {tls.ca}" + (f" -cert {tls.cert} -key {tls.key}" if tls.mutual else "")
+        print(
+            EXAMPLE.format(**{s: config.target(s) for s in DEFAULT_PORTS}, logs=stack.log_dir, venv=venv,
+                           tls_note=tls_note, predict_tls=predict_tls, grpcurl_tls=grpcurl_tls),
+            flush=True,
+        )
         while not stop:
             for service, proc in stack.procs.items():
                 if proc.poll() is not None:

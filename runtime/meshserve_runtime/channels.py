@@ -26,9 +26,16 @@ from meshserve_runtime.tracing import start_client_span
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-def service_config(retry_attempts: int = 3) -> str:
-    """gRPC service config: round_robin, UNAVAILABLE retries with backoff, throttling."""
+def service_config(retry_attempts: int = 3, health_service: str | None = None) -> str:
+    """gRPC service config: round_robin, UNAVAILABLE/CANCELLED retries with backoff, throttling.
+
+    With `health_service`, client-side health checking (grpc.health.v1 Watch of that name):
+    round_robin only picks replicas that report it SERVING, so a replica that is still
+    loading, draining, or has lost its store gets no calls while another can take them.
+    """
     config: dict = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if health_service is not None:
+        config["healthCheckConfig"] = {"serviceName": health_service}
     if retry_attempts > 1:
         config["methodConfig"] = [
             {
@@ -38,7 +45,11 @@ def service_config(retry_attempts: int = 3) -> str:
                     "initialBackoff": "0.01s",
                     "maxBackoff": "0.2s",
                     "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
+                    # CANCELLED reaches a client from the server only (a server cancelling
+                    # calls when its drain ends); grpc-core never retries a call its own
+                    # application cancelled or whose deadline passed, so a caller giving up
+                    # is not retried.
+                    "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
                 },
             }
         ]
@@ -149,8 +160,20 @@ def create_channel(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     retry_attempts: int = 3,
     tracing: bool = True,
+    health_service: str | None = None,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure grpc.aio channel to another meshserve service (mTLS comes from the mesh)."""
+    """A grpc.aio channel to another meshserve service: TLS with `credentials` (see
+    meshserve_runtime.tls), plaintext without them (a mesh's mTLS, or loopback).
+
+    `server_name`: the name the server's certificate is checked against instead of the
+    target's host (e.g. a SAN every service certificate shares); TLS only.
+
+    `health_service`: the health name the peer reports readiness under; calls then go only
+    to replicas that report it SERVING (see service_config).
+    """
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -158,10 +181,15 @@ def create_channel(
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.enable_retries", 1 if retry_attempts > 1 else 0),
-        ("grpc.service_config", service_config(retry_attempts)),
+        ("grpc.service_config", service_config(retry_attempts, health_service)),
         # Reconnect quickly after a pod restarts instead of the default 20 s+ backoff.
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
-    channel = grpc.aio.insecure_channel(target, options=options)
+    if credentials is not None:
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        channel = grpc.aio.secure_channel(target, credentials, options=options)
+    else:
+        channel = grpc.aio.insecure_channel(target, options=options)
     return TracingChannel(channel, target) if tracing else channel

@@ -45,6 +45,15 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+#: What gRPC's client-side health checking reports when no replica is SERVING.
+_NO_HEALTHY_BACKEND = "backend unhealthy"
+
+
 def from_rpc_error(err: grpc.aio.AioRpcError, what: str) -> ServiceError:
     """Re-raise a downstream failure with its own status and which hop it came from."""
-    return ServiceError(f"{what}: {err.details() or err.code().name}", err.code())
+    details = err.details() or err.code().name
+    if err.code() == grpc.StatusCode.UNAVAILABLE and _NO_HEALTHY_BACKEND in details:
+        # gRPC's own wording names no cause; say what it means and where to look.
+        details = (f"no replica is ready (each reports NOT_SERVING: loading, draining, or a dependency "
+                   f"such as its online store is down; its log says which); gRPC: {details}")
+    return ServiceError(f"{what}: {details}", err.code())

@@ -2,26 +2,36 @@
 
 Every line logged while a span is current carries `trace_id` and `span_id` (hex, as
 tracing backends show them), so a log search by trace id finds the lines of all four
-services for one request.
+services for one request. Lines logged while a call's authenticated caller is known (set
+in CALLER by the gateway's authentication) carry `caller`.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from contextvars import ContextVar
 
 from opentelemetry import trace
 from pythonjsonlogger.json import JsonFormatter
 
+#: Identity of the caller of the RPC being handled (None: unknown or auth off). Each RPC
+#: runs in its own asyncio task, so a value set during one call stays with that call.
+CALLER: ContextVar[str | None] = ContextVar("meshserve_caller", default=None)
+
 
 class TraceContextFilter(logging.Filter):
-    """Adds trace_id/span_id of the current span to each record (nothing outside a span)."""
+    """Adds trace_id/span_id of the current span to each record (nothing outside a span),
+    and the call's `caller` when it is known."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = trace.get_current_span().get_span_context()
         if ctx.is_valid:
             record.trace_id = trace.format_trace_id(ctx.trace_id)
             record.span_id = trace.format_span_id(ctx.span_id)
+        caller = CALLER.get()
+        if caller is not None:
+            record.caller = caller
         return True
 
 
@@ -31,6 +41,9 @@ class _PlainFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         trace_id = getattr(record, "trace_id", None)
+        caller = getattr(record, "caller", None)
+        if caller:
+            line = f"{line} caller={caller}"
         return f"{line} trace_id={trace_id}" if trace_id else line
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from meshserve.v1 import types_pb2
 
+from meshserve_runtime.integrity import DIGEST_TAG
+
 log = logging.getLogger("meshserve.registry")
 
 
@@ -24,6 +26,8 @@ class ResolvedArtifact:
     run_id: str
     alias: str
     source: str
+    #: The registered digest of the version's artifacts (tag meshserve.sha256); None: unsigned.
+    sha256: str | None = None
 
     @property
     def uri(self) -> str:
@@ -57,4 +61,7 @@ def resolve_alias(tracking_uri: str, name: str, alias: str) -> ResolvedArtifact:
                 "(train and register one with `make train`)"
             ) from err
         raise
-    return ResolvedArtifact(name=name, version=str(mv.version), run_id=mv.run_id or "", alias=alias, source=mv.source or "")
+    return ResolvedArtifact(
+        name=name, version=str(mv.version), run_id=mv.run_id or "", alias=alias, source=mv.source or "",
+        sha256=(mv.tags or {}).get(DIGEST_TAG),
+    )

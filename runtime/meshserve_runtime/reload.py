@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from meshserve_runtime.integrity import IntegrityError
 from meshserve_runtime.registry import ResolvedArtifact, resolve_alias
 
 log = logging.getLogger("meshserve.reload")
@@ -91,6 +92,10 @@ class AliasWatcher:
         start = time.perf_counter()
         try:
             await self.switch(artifact)
+        except IntegrityError as err:
+            # Expected refusal (tampered or unsigned artifact), not a bug: the reason, no traceback.
+            log.error("reload refused; still serving the previous version: %s", err, extra=artifact.labels())
+            return False
         except Exception:
             log.exception("reload failed; still serving the previous version", extra=artifact.labels())
             return False

@@ -16,7 +16,7 @@ import abc
 import asyncio
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,6 +28,7 @@ from meshserve_runtime.logging import configure_logging
 from meshserve_runtime.metrics import READY, start_metrics_server
 from meshserve_runtime.protocol import FEATURES_HEALTH_NAME, GATEWAY_HEALTH_NAME, MODEL_HEALTH_NAME, PREPROCESS_HEALTH_NAME
 from meshserve_runtime.settings import ServerSettings
+from meshserve_runtime.tls import TLSConfigError, check_plaintext_server, server_tls_from_settings, setting_name
 from meshserve_runtime.tracing import configure_tracing, flush_tracing
 
 log = logging.getLogger("meshserve.server")
@@ -42,6 +43,10 @@ TRACE_SERVICE_NAMES = {
     PREPROCESS_HEALTH_NAME: "meshserve-preprocess",
     MODEL_HEALTH_NAME: "meshserve-model",
 }
+
+
+#: Flips the service's own health name (True: SERVING); see ServiceRunner.set_ready.
+ReadinessCallback = Callable[[bool], Awaitable[None]]
 
 
 class Service(abc.ABC):
@@ -64,6 +69,21 @@ class Service(abc.ABC):
 
     async def close(self) -> None:
         """Release resources after the server has stopped."""
+
+    def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
+        """Extra server interceptors of this service (e.g. the gateway's authentication).
+
+        They run inside the shared ServerInterceptor, so what they refuse still gets its
+        status mapping, RED metrics, span and access-log line. Default: none.
+        """
+        return ()
+
+    def bind_readiness(self, set_ready: ReadinessCallback) -> None:
+        """Receive the runner's readiness switch once, before the first load().
+
+        A service whose serving depends on something outside it (e.g. an online store that
+        can go away) keeps it to flip its own health name after load; the default ignores it.
+        """
 
 
 def server_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -94,15 +114,25 @@ class ServiceRunner:
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int | None = None
+        #: Plaintext server of grpc.health.v1 only (settings.health_port), for kubelet probes.
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
         s = self.settings
+        # TLS material is checked before anything binds: a bad file fails the start-up.
+        tls = server_tls_from_settings(s)
+        if tls is None:
+            check_plaintext_server(
+                s.host, s.port, setting_name(s, "plaintext"), setting_name(s, "tls_cert_file"), setting_name(s, "tls_key_file"), s.plaintext
+            )
+        credentials = tls.credentials() if tls is not None else None
         # Before any handler runs, so every span goes to the configured exporter.
         configure_tracing(TRACE_SERVICE_NAMES.get(self.service.name, self.service.name))
         self.server = grpc.aio.server(
-            interceptors=[ServerInterceptor(self.service.name, access_log=s.access_log)],
+            interceptors=[ServerInterceptor(self.service.name, access_log=s.access_log), *self.service.interceptors()],
             options=server_options(s),
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
@@ -110,17 +140,34 @@ class ServiceRunner:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self.server)
-        self.port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        address = f"{s.host}:{s.port}"
+        self.port = self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address)
         if self.port == 0:
             raise RuntimeError(f"could not bind {s.host}:{s.port}")
+        if s.health_port:
+            # The same HealthServicer, so both ports always report the same status.
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=64)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_port = self.health_server.add_insecure_port(f"{s.host}:{s.health_port}")
+            if self.health_port == 0:
+                raise RuntimeError(f"could not bind the health port {s.host}:{s.health_port}")
         await self.health.set(self.service.name, NOT_SERVING)
         READY.labels(self.service.name).set(0)
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         start_metrics_server(s.host, s.metrics_port)
-        log.info("listening", extra={"service": self.service.name, "address": f"{s.host}:{self.port}", "metrics_port": s.metrics_port})
+        log.info(
+            "listening",
+            extra={
+                "service": self.service.name, "address": f"{s.host}:{self.port}", "metrics_port": s.metrics_port,
+                "tls": "mutual" if tls and tls.mutual else "server" if tls else "off", "health_port": self.health_port,
+            },
+        )
 
     async def load_until_ready(self) -> None:
         """Load artifacts, retrying on failure, then report SERVING."""
+        self.service.bind_readiness(self.set_ready)
         attempt = 0
         while not self._stop.is_set():
             attempt += 1
@@ -149,8 +196,12 @@ class ServiceRunner:
         self._stop.set()
 
     async def set_ready(self, ready: bool) -> None:
-        """Flip the service's own health name, e.g. when a dependency goes away."""
-        if self._stop.is_set():
+        """Flip the service's own health name, e.g. when a dependency goes away.
+
+        Ignored until load() has succeeded (the loader owns readiness until then) and once
+        draining has begun (everything stays NOT_SERVING).
+        """
+        if self._stop.is_set() or not self._ready.is_set():
             return
         await self.health.set(self.service.name, SERVING if ready else NOT_SERVING)
         READY.labels(self.service.name).set(1 if ready else 0)
@@ -161,7 +212,10 @@ class ServiceRunner:
         log.info("draining", extra={"service": self.service.name, "grace_period_s": self.settings.grace_period_s})
         READY.labels(self.service.name).set(0)
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.grace_period_s)
+        stops = [self.server.stop(self.settings.grace_period_s)]
+        if self.health_server is not None:
+            stops.append(self.health_server.stop(self.settings.grace_period_s))
+        await asyncio.gather(*stops)
         await self.service.close()
         flush_tracing()  # flush the spans of the last calls
         log.info("stopped", extra={"service": self.service.name})
@@ -182,4 +236,9 @@ class ServiceRunner:
 def serve(service: Service, settings: ServerSettings) -> None:
     """Process entry point: configure logging and run the service until signalled."""
     configure_logging(settings.log_level, settings.log_json)
-    asyncio.run(ServiceRunner(service, settings).run())
+    try:
+        asyncio.run(ServiceRunner(service, settings).run())
+    except TLSConfigError as err:
+        # A configuration mistake, not a crash: one line that names the setting, exit 2.
+        log.critical("cannot start: %s", err)
+        raise SystemExit(2) from None

@@ -46,3 +46,13 @@ class ServerSettings(BaseSettings):
     """JSON log lines (false: plain text, for a terminal)."""
     access_log: bool = False
     """One log line per RPC (method, status, duration, peer) at INFO."""
+    tls_cert_file: Path | None = None
+    """PEM certificate chain of the gRPC port; with tls_key_file the port serves TLS only (unset: no TLS)."""
+    tls_key_file: Path | None = None
+    """PEM private key (unencrypted) of tls_cert_file; re-read with it when the files change."""
+    tls_client_ca_file: Path | None = None
+    """PEM CA bundle: when set, only clients presenting a certificate it signed are served (mutual TLS)."""
+    plaintext: bool = False
+    """Explicitly allow plaintext gRPC off loopback where no TLS is configured (served port, gateway's upstream calls): behind a mesh that encrypts, or a trusted network."""
+    health_port: int = Field(default=0, ge=0, le=65535)
+    """Extra plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (kubelet); 0: none."""

@@ -271,3 +271,16 @@ def strict_schema() -> Callable[[Doc], Any]:
         return cache[name]
 
     return validator
+
+
+def import_kubernetes_validate() -> Any:
+    """kubernetes_validate (skip if missing), with its schema file reads cached.
+
+    validate() re-reads its (large) schema files on every call; caching the file contents
+    makes the chart matrix ~6x faster and changes nothing else.
+    """
+    kv = pytest.importorskip("kubernetes_validate")
+    utils = getattr(kv, "utils", None)
+    if utils is not None and hasattr(utils, "schema_contents") and not hasattr(utils.schema_contents, "cache_info"):
+        utils.schema_contents = functools.lru_cache(maxsize=None)(utils.schema_contents)
+    return kv

@@ -3,7 +3,6 @@ and `helm lint` finds nothing."""
 
 from __future__ import annotations
 
-import functools
 import re
 
 import pytest
@@ -18,17 +17,12 @@ from chart_helpers import (
     by_kind,
     case_docs,
     helm_python,
+    import_kubernetes_validate,
     is_custom_resource,
     render_raw,
 )
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate")
-
-# kubernetes_validate.validate() re-reads its (large) schema files on every call; caching the
-# file contents makes the matrix ~6x faster and changes nothing else.
-_utils = getattr(kubernetes_validate, "utils", None)
-if _utils is not None and hasattr(_utils, "schema_contents") and not hasattr(_utils.schema_contents, "cache_info"):
-    _utils.schema_contents = functools.lru_cache(maxsize=None)(_utils.schema_contents)
+kubernetes_validate = import_kubernetes_validate()
 
 STANDARD_LABELS = (
     "app.kubernetes.io/name",

@@ -178,8 +178,10 @@ def test_containers_follow_the_service_contract(docs: list[Doc], values: dict[st
         grace = float(env[f"{p}_GRACE_PERIOD_S"])
         assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
         assert env["HOME"].startswith("/var/cache/meshserve") and env["TMPDIR"].startswith("/var/cache/meshserve")
-        assert all(k.startswith(p + "_") or k in {"HOME", "TMPDIR", "XDG_CACHE_HOME", "MESHSERVE_HOME", "MLFLOW_TRACKING_URI"}
+        # Our own prefix, the standard OpenTelemetry variables, and the process basics only.
+        assert all(k.startswith((p + "_", "OTEL_")) or k in {"HOME", "TMPDIR", "XDG_CACHE_HOME", "MESHSERVE_HOME", "MLFLOW_TRACKING_URI"}
                    for k in env), f"{dep['metadata']['name']}: unexpected env {sorted(env)}"
+        assert env["OTEL_SERVICE_NAME"] == f"meshserve-{comp}"
         required = {
             "gateway": ["FEATURES_TARGET", "PREPROCESS_TARGET", "MODEL_TARGET", "MAX_BATCH_ROWS", "MODEL_NAME"],
             "features": ["FEAST_REGISTRY", "FEAST_PROJECT", "ONLINE_STORE", "FEATURE_SERVICE"],

@@ -67,3 +67,40 @@ def test_latency_threshold_must_be_a_bucket() -> None:
     assert allowed == [str(b) for b in LATENCY_BUCKETS]  # the exporter's le strings
     with pytest.raises(Exception):
         render({"metrics": {"prometheusRule": {"enabled": True, "slo": {"latencyThresholdSeconds": "0.2"}}}})
+
+
+def _env_of(docs: list[dict], svc: str) -> dict[str, str]:
+    cm = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == f"{RELEASE}-{svc}"]
+    assert len(cm) == 1, [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"]
+    return cm[0]["data"]
+
+
+def test_tracing_off_by_default_keeps_ids_but_exports_nothing() -> None:
+    docs = render({})
+    for svc in ("gateway", "features", "preprocess", "model"):
+        env = _env_of(docs, svc)
+        assert env["OTEL_TRACES_EXPORTER"] == "none"
+        assert env["OTEL_SERVICE_NAME"] == f"meshserve-{svc}"
+        assert "meshserve.track=stable" in env["OTEL_RESOURCE_ATTRIBUTES"].split(",")
+        assert "OTEL_TRACES_SAMPLER_ARG" not in env
+        assert env[f"MESHSERVE_{svc.upper()}_ACCESS_LOG"] == "false"
+
+
+def test_tracing_on_sets_the_standard_otel_variables() -> None:
+    docs = render({"tracing": {"enabled": True, "endpoint": "http://collector.obs:4317", "sampleRatio": 0.05,
+                               "resourceAttributes": {"deployment.environment": "prod"}},
+                   "logging": {"accessLog": True}})
+    env = _env_of(docs, "model")
+    assert env["OTEL_TRACES_EXPORTER"] == "otlp"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector.obs:4317"
+    assert env["OTEL_EXPORTER_OTLP_INSECURE"] == "true"
+    assert (env["OTEL_TRACES_SAMPLER"], env["OTEL_TRACES_SAMPLER_ARG"]) == ("parentbased_traceidratio", "0.05")
+    assert set(env["OTEL_RESOURCE_ATTRIBUTES"].split(",")) == {
+        f"k8s.namespace.name={NAMESPACE}", "meshserve.track=stable", "deployment.environment=prod"}
+    assert env["MESHSERVE_MODEL_ACCESS_LOG"] == "true"
+
+
+@pytest.mark.parametrize("bad", [{"sampleRatio": 1.5}, {"endpoint": "collector:4317"}, {"exporter": "zipkin"}])
+def test_tracing_values_are_checked(bad: dict) -> None:
+    with pytest.raises(helm_python.HelmValuesError):
+        render({"tracing": bad})

@@ -36,6 +36,10 @@ def test_one_run_registers_both_as_production(trained: TrainedHome) -> None:
     # Artifacts live under the home's artifact root, not in the cwd.
     assert Path(client.get_experiment(run.info.experiment_id).artifact_location.removeprefix("file://")) == trained.home / "mlartifacts"
 
+    # get_model_info resolves models:/ through MLflow's global URIs; other tests move them.
+    from meshserve_training.registry import use_tracking
+
+    use_tracking(ts)
     pre_sig = mlflow.models.get_model_info(f"models:/driver_ranking_preprocessor/{pre.version}").signature
     assert pre_sig.inputs.input_names() == list(MODEL_FEATURES)
     model_sig = mlflow.models.get_model_info(f"models:/driver_ranking/{model.version}").signature

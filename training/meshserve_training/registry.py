@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from meshserve_feature_repo.definitions import MODEL_FEATURES
+from meshserve_runtime import integrity
 from meshserve_training.settings import TrainingSettings
 
 log = logging.getLogger("meshserve.training")
@@ -30,6 +31,9 @@ class RegisteredPair:
     model_name: str
     model_version: str
     alias: str
+    #: Digests of the two versions' artifact trees, as recorded in the registry (integrity.DIGEST_TAG).
+    preprocessor_sha256: str = ""
+    model_sha256: str = ""
 
 
 def use_tracking(settings: TrainingSettings) -> None:
@@ -63,6 +67,14 @@ def alias_version(settings: TrainingSettings, name: str, alias: str) -> str | No
         return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
+
+
+def version_digest(settings: TrainingSettings, name: str, version: str) -> str | None:
+    """The digest tag of a registered version (None: registered unsigned, e.g. before signing existed)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    return (client.get_model_version(name, version).tags or {}).get(integrity.DIGEST_TAG)
 
 
 def _signatures(n_out: int) -> tuple[Any, Any]:
@@ -122,15 +134,25 @@ def log_and_register(
         registered_model_name=settings.model_name,
         pip_requirements=[f"torch=={version('torch')}", f"numpy=={version('numpy')}"],
     )
+    pre_version, model_version = str(pre_info.registered_model_version), str(model_info.registered_model_version)
+    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    # Sign what the store now holds, before any alias points at it: services refuse a
+    # version whose downloaded files don't match this digest (meshserve_runtime.integrity).
+    digests: dict[str, str] = {}
+    for name, ver in ((settings.preprocessor_name, pre_version), (settings.model_name, model_version)):
+        digests[name] = integrity.download_digest(f"models:/{name}/{ver}", settings.mlflow_tracking_uri)
+        client.set_model_version_tag(name, ver, integrity.DIGEST_TAG, digests[name])
+        client.set_tag(run_id, integrity.run_digest_tag(name), digests[name])
     pair = RegisteredPair(
         run_id=run_id,
         preprocessor_name=settings.preprocessor_name,
-        preprocessor_version=str(pre_info.registered_model_version),
+        preprocessor_version=pre_version,
         model_name=settings.model_name,
-        model_version=str(model_info.registered_model_version),
+        model_version=model_version,
         alias=settings.alias,
+        preprocessor_sha256=digests[settings.preprocessor_name],
+        model_sha256=digests[settings.model_name],
     )
-    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
     for name, ver, partner, partner_ver in (
         (pair.preprocessor_name, pair.preprocessor_version, pair.model_name, pair.model_version),
         (pair.model_name, pair.model_version, pair.preprocessor_name, pair.preprocessor_version),

@@ -123,8 +123,9 @@ def train(
     """Train, register both artifacts from one run under settings.alias, materialize features.
 
     extra_stores: further online stores (same registry) to materialize into, e.g. Redis
-    next to SQLite for tests. if_empty: when both aliases already resolve, train nothing
-    and only refresh the online store(s) if their values are missing or stale.
+    next to SQLite for tests. if_empty: when both aliases already resolve to signed
+    versions, train nothing and only refresh the online store(s) if their values are
+    missing or stale (an unsigned version, registered before signing, is retrained).
     """
     settings = settings or TrainingSettings()
     feast = feast or FeastSettings()
@@ -135,7 +136,15 @@ def train(
         pre_v = registry.alias_version(settings, settings.preprocessor_name, settings.alias)
         model_v = registry.alias_version(settings, settings.model_name, settings.alias)
         timer.lap("alias_lookup")
-        if pre_v is not None and model_v is not None:
+        unsigned = [
+            f"{name} v{ver}"
+            for name, ver in ((settings.preprocessor_name, pre_v), (settings.model_name, model_v))
+            if ver is not None and registry.version_digest(settings, name, ver) is None
+        ]
+        if unsigned:
+            # Registered before artifact signing: the services refuse them, so train a signed pair.
+            log.info("aliased versions without a digest tag (%s); training a signed pair", ", ".join(unsigned))
+        elif pre_v is not None and model_v is not None:
             stale = [s for s in (feast, *extra_stores) if not online_features_fresh(s)]
             log.info("aliases set (%s v%s, %s v%s); %d online store(s) to refresh",
                      settings.preprocessor_name, pre_v, settings.model_name, model_v, len(stale))

@@ -15,7 +15,9 @@ from meshserve.v1 import features_pb2_grpc, prediction_pb2_grpc, preprocess_pb2_
 from meshserve_runtime.channels import create_channel
 from meshserve_runtime.protocol import FEATURES_HEALTH_NAME, GATEWAY_HEALTH_NAME, MODEL_HEALTH_NAME, PREPROCESS_HEALTH_NAME
 from meshserve_runtime.server import Service
+from meshserve_runtime.tls import client_tls_from_settings
 
+from meshserve_gateway.auth import auth_interceptors
 from meshserve_gateway.pipeline import Pipeline
 from meshserve_gateway.servicer import PredictionServicer
 from meshserve_gateway.settings import GatewaySettings
@@ -30,13 +32,22 @@ class GatewayService(Service):
         self.settings = settings
         self.channels: dict[str, grpc.aio.Channel] = {}
         self.servicer: PredictionServicer | None = None
+        # Built here, so a missing or bad keys/JWKS file stops the gateway before it listens.
+        self._interceptors = auth_interceptors(settings)
+
+    def interceptors(self) -> Sequence[grpc.aio.ServerInterceptor]:
+        return self._interceptors
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         s = self.settings
+        # TLS (mutual with a client certificate) when a CA is set; plaintext only where allowed.
+        upstream = client_tls_from_settings(s, "upstream_tls", ("features_target", "preprocess_target", "model_target"))
+        tls = {} if upstream is None else {"credentials": upstream.credentials(), "server_name": upstream.server_name}
+        # health_service: round_robin skips replicas that are loading, draining or lost a dependency.
         self.channels = {
-            FEATURES_HEALTH_NAME: create_channel(s.features_target, s.max_message_bytes, s.retry_attempts),
-            PREPROCESS_HEALTH_NAME: create_channel(s.preprocess_target, s.max_message_bytes, s.retry_attempts),
-            MODEL_HEALTH_NAME: create_channel(s.model_target, s.max_message_bytes, s.retry_attempts),
+            FEATURES_HEALTH_NAME: create_channel(s.features_target, s.max_message_bytes, s.retry_attempts, health_service=FEATURES_HEALTH_NAME, **tls),
+            PREPROCESS_HEALTH_NAME: create_channel(s.preprocess_target, s.max_message_bytes, s.retry_attempts, health_service=PREPROCESS_HEALTH_NAME, **tls),
+            MODEL_HEALTH_NAME: create_channel(s.model_target, s.max_message_bytes, s.retry_attempts, health_service=MODEL_HEALTH_NAME, **tls),
         }
         pipeline = Pipeline(
             features_pb2_grpc.FeatureServiceStub(self.channels[FEATURES_HEALTH_NAME]),
@@ -47,6 +58,9 @@ class GatewayService(Service):
             chunk_rows=s.chunk_rows,
             coalesce_max_delay_us=s.coalesce_max_delay_us,
             coalesce_max_rows=s.coalesce_max_rows,
+            coalesce_max_in_flight=s.coalesce_max_in_flight,
+            skew_retry_s=s.skew_retry_s,
+            max_row_values=s.max_row_values,
         )
         self.servicer = PredictionServicer(pipeline, s.default_timeout_s)
         prediction_pb2_grpc.add_PredictionServiceServicer_to_server(self.servicer, server)

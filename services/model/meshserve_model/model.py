@@ -1,15 +1,25 @@
-"""The loaded model: the registered PyTorch module, its device and tensor signature."""
+"""The loaded model: the registered PyTorch module, its device and tensor signature.
+
+Loading goes through meshserve_runtime.integrity: the version is downloaded once into a
+private directory, its digest checked against the registry's `meshserve.sha256` tag, and
+the signature and module are read from that same directory. Only MLflow's pt2
+(torch.export) format is accepted, and it is loaded with pickle deserialization
+disallowed, so MLflow first vets that no record of the archive needs the unrestricted
+unpickler that torch.export.load would otherwise use (details in integrity.py).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from meshserve_runtime.integrity import UnsafeArtifact, contained, pickle_forbidden, verified_download
 from meshserve_runtime.registry import ResolvedArtifact, resolve_alias
 
 from meshserve_model.batching import Batcher
@@ -65,6 +75,25 @@ def _num_features(signature: Any) -> int:
     return int(shape[1])
 
 
+def _load_pt2(path: Path, mlmodel: Any) -> Any:
+    """The torch.export module of a verified local MLflow model directory; refuse other formats."""
+    import mlflow.pytorch
+
+    flavor = mlmodel.flavors.get("pytorch")
+    if flavor is None:
+        raise UnsafeArtifact(f"not an MLflow pytorch model (flavors: {sorted(mlmodel.flavors)})")
+    if flavor.get("code"):
+        # MLflow would put these directories on sys.path: code shipped with the artifact.
+        raise UnsafeArtifact("the pytorch model ships code paths; meshserve loads no code from artifacts")
+    if not (contained(path, flavor["model_data"]) / "model.pt2").is_file():
+        raise UnsafeArtifact(
+            "the pytorch model is not in pt2 (torch.export) format; a pickled model runs code when loaded: "
+            "re-register it with mlflow.pytorch.log_model(..., serialization_format='pt2')"
+        )
+    with pickle_forbidden():
+        return mlflow.pytorch.load_model(str(path))
+
+
 def _traced(module: Any, num_features: int, device: torch.device, dtype: torch.dtype) -> Any:
     """torch.jit.trace of the loaded module, or None when it does not match it exactly.
 
@@ -102,14 +131,16 @@ def load_model(
     dtype: str = "float32",
     artifact: ResolvedArtifact | None = None,
     optimize: str = "none",
+    allow_unsigned: bool = False,
 ) -> LoadedModel:
     """Load one version onto the device and warm it up (blocking).
 
     `artifact` is the version to load (a reload resolved it already); by default the
-    alias is resolved here. Warm-up runs every size in `warmup_batch_sizes`.
+    alias is resolved here. Warm-up runs every size in `warmup_batch_sizes`. Raises an
+    IntegrityError for a version whose files don't match its registered digest, that has
+    no digest (unless `allow_unsigned`), or that is not in the pt2 format.
     """
-    import mlflow.models
-    import mlflow.pytorch
+    from mlflow.models import Model
 
     start = time.perf_counter()
     # Deliberate: intra-op threads match the pod's CPU limit; inter-op work is
@@ -123,11 +154,11 @@ def load_model(
     device = select_device(device_preference)
     if artifact is None:
         artifact = resolve_alias(tracking_uri, name, alias)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    info = mlflow.models.get_model_info(artifact.uri)
-    num_features = _num_features(info.signature)
-    module = mlflow.pytorch.load_model(artifact.uri, map_location=device)
+    # One download, verified, and everything (signature included) read from that copy.
+    with verified_download(artifact, tracking_uri, allow_unsigned=allow_unsigned) as local:
+        mlmodel = Model.load(str(local.path))
+        num_features = _num_features(mlmodel.signature)
+        module = _load_pt2(local.path, mlmodel)
     try:
         module.eval()  # MLflow's loader does not: dropout/batch-norm must be in inference mode
     except NotImplementedError:
@@ -145,6 +176,6 @@ def load_model(
         torch.cuda.synchronize()
     log.info(
         "model loaded",
-        extra={**artifact.labels(), "device": str(device), "dtype": dtype, "torch_module": type(module).__name__, "warmup_batch_sizes": sorted(set(warmup_batch_sizes)), "features": num_features, "seconds": round(time.perf_counter() - start, 2)},
+        extra={**artifact.labels(), "sha256": local.sha256, "signed": local.signed, "device": str(device), "dtype": dtype, "torch_module": type(module).__name__, "warmup_batch_sizes": sorted(set(warmup_batch_sizes)), "features": num_features, "seconds": round(time.perf_counter() - start, 2)},
     )
     return loaded

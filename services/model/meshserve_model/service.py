@@ -52,7 +52,8 @@ class ModelService(Service):
         # Loading and warm-up block: run them off the event loop so health (and, on a
         # reload, the old version) keeps answering.
         loaded = await asyncio.to_thread(
-            load_model, s.mlflow_tracking_uri, s.model_name, s.alias, s.device, s.num_threads, warmup, s.dtype, artifact, s.optimize
+            load_model, s.mlflow_tracking_uri, s.model_name, s.alias, s.device, s.num_threads, warmup, s.dtype, artifact, s.optimize,
+            allow_unsigned=s.allow_unsigned_artifacts,
         )
         loaded.batcher = Batcher(loaded.predict, s.max_batch_size, s.max_queue_delay_us, s.max_queue_size)
         return loaded

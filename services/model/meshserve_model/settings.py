@@ -27,6 +27,8 @@ class ModelSettings(ServerSettings):
     """Registered model name to serve; also the V2 model name clients ask for."""
     alias: str = "production"
     """Registry alias to serve (e.g. production, or canary on canary pods)."""
+    allow_unsigned_artifacts: bool = False
+    """Load versions without a meshserve.sha256 digest tag (registered by other tools) unchecked; a tagged version is always checked."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where inference runs: auto picks cuda when the pod has a GPU, else cpu."""
     num_threads: int = Field(default=1, ge=1)

@@ -39,7 +39,10 @@ class PreprocessService(Service):
         s = self.settings
         # MLflow and scikit-learn work is blocking: keep the event loop (health, and on a
         # reload the old version) answering.
-        loaded = await asyncio.to_thread(load_preprocessor, s.mlflow_tracking_uri, s.model_name, s.alias, artifact, s.compile)
+        loaded = await asyncio.to_thread(
+            load_preprocessor, s.mlflow_tracking_uri, s.model_name, s.alias, artifact, s.compile,
+            trusted_types=s.skops_trusted_types, allow_unsigned=s.allow_unsigned_artifacts,
+        )
         # One reference swap: in-flight calls keep the version they pinned; the old one is
         # freed when the last of them drops it. The model service bridges the switch (it
         # keeps the previous model for inputs of the previous preprocessor).

@@ -27,6 +27,10 @@ class PreprocessSettings(ServerSettings):
     """Registered model name of the preprocessor."""
     alias: str = "production"
     """Registry alias to serve (e.g. production, or canary on canary pods)."""
+    allow_unsigned_artifacts: bool = False
+    """Load versions without a meshserve.sha256 digest tag (registered by other tools) unchecked; a tagged version is always checked."""
+    skops_trusted_types: tuple[str, ...] = ("numpy.dtype",)
+    """Types the preprocessor may hold beyond skops' defaults (scikit-learn estimators, numpy arrays); data types only, never code. This list, not the artifact's own, is used."""
     compile: Literal["onnx", "none"] = "onnx"
     """Serve an ONNX Runtime equivalent of the registered pipeline, checked against it at load
     (max abs difference 1e-6 on a probe set, else the service stays not-ready); none: scikit-learn itself."""

@@ -3,19 +3,28 @@
 The pipeline was fitted on a float64 numpy array whose columns follow the model
 signature's input names, so serving builds that array directly (no pandas per request)
 and calls the very artifact training used: training and serving cannot skew.
+
+Loading goes through meshserve_runtime.integrity: one download into a private directory,
+its digest checked against the registry's `meshserve.sha256` tag, and the signature and
+pipeline read from that same directory. Only the skops format is accepted, loaded with
+skops itself and OUR trusted-type list: MLflow's sklearn loader would take the list from
+the artifact's own MLmodel, which a crafted artifact could fill with anything.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from meshserve_runtime.codecs import KIND_DOUBLE, KIND_INT64, ColumnData
 from meshserve_runtime.errors import InvalidArgument
+from meshserve_runtime.integrity import UnsafeArtifact, contained, verified_download
 from meshserve_runtime.registry import ResolvedArtifact, resolve_alias
 
 from meshserve_preprocess.compiled import CompiledTransform, check, compile_pipeline, probe_set
@@ -72,20 +81,60 @@ class LoadedPreprocessor:
         return np.asarray(self.pipeline.transform(x), dtype=np.float32)
 
 
+DEFAULT_TRUSTED_TYPES = ("numpy.dtype",)
+"""Types beyond skops' defaults the registered pipeline holds: SimpleImputer keeps a fitted numpy.dtype (data, not code)."""
+
+
+def _load_skops(path: Path, mlmodel: Any, trusted_types: Sequence[str]) -> Any:
+    """The scikit-learn object of a verified local MLflow model directory; refuse other formats."""
+    import skops.io
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    flavor = mlmodel.flavors.get("sklearn")
+    if flavor is None:
+        raise UnsafeArtifact(f"not an MLflow sklearn model (flavors: {sorted(mlmodel.flavors)})")
+    fmt = flavor.get("serialization_format", "pickle")  # MLflow's default when the key is absent
+    if fmt != "skops":
+        raise UnsafeArtifact(
+            f"the preprocessor is saved as {fmt!r}, which runs code when loaded; re-register it with "
+            "mlflow.sklearn.log_model(..., serialization_format='skops')"
+        )
+    if flavor.get("code"):
+        raise UnsafeArtifact("the sklearn model ships code paths; meshserve loads no code from artifacts")
+    try:
+        return skops.io.load(contained(path, flavor["pickled_model"]), trusted=list(trusted_types))
+    except UntrustedTypesFoundException as err:
+        raise UnsafeArtifact(
+            f"the preprocessor holds types outside the trusted list {list(trusted_types)}: {err}; add a type to "
+            "MESHSERVE_PREPROCESS_SKOPS_TRUSTED_TYPES only if it is data, never a function or a class that runs code"
+        ) from err
+
+
 def load_preprocessor(
-    tracking_uri: str, name: str, alias: str, artifact: ResolvedArtifact | None = None, compile: str = "onnx"
+    tracking_uri: str,
+    name: str,
+    alias: str,
+    artifact: ResolvedArtifact | None = None,
+    compile: str = "onnx",
+    *,
+    trusted_types: Sequence[str] = DEFAULT_TRUSTED_TYPES,
+    allow_unsigned: bool = False,
 ) -> LoadedPreprocessor:
-    """Load one version (by default the one the alias points at) and warm it up (blocking)."""
-    import mlflow.models
-    import mlflow.sklearn
+    """Load one version (by default the one the alias points at) and warm it up (blocking).
+
+    Raises an IntegrityError for a version whose files don't match its registered digest,
+    that has no digest (unless `allow_unsigned`), that is not skops, or that holds types
+    outside `trusted_types` (beyond skops' own defaults).
+    """
+    from mlflow.models import Model
 
     start = time.perf_counter()
     if artifact is None:
         artifact = resolve_alias(tracking_uri, name, alias)
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    pipeline = mlflow.sklearn.load_model(artifact.uri)
-    info = mlflow.models.get_model_info(artifact.uri)
+    # One download, verified, and everything (signature included) read from that copy.
+    with verified_download(artifact, tracking_uri, allow_unsigned=allow_unsigned) as local:
+        info = Model.load(str(local.path))
+        pipeline = _load_skops(local.path, info, trusted_types)
     if info.signature is None or not info.signature.inputs.has_input_names():
         raise RuntimeError(f"{artifact.uri} has no input signature with column names; re-register it with one")
     columns = tuple(info.signature.inputs.input_names())
@@ -104,6 +153,8 @@ def load_preprocessor(
         "preprocessor loaded",
         extra={
             **artifact.labels(),
+            "sha256": local.sha256,
+            "signed": local.signed,
             "columns": list(columns),
             "compiled": compile,
             "compiled_max_abs_diff": max_diff,

@@ -10,7 +10,10 @@ generated meshserve.v1 stubs.
 Environment: MESHSERVE_TEST_TARGET (host:port), MESHSERVE_TEST_HEALTH_SERVICE,
 MESHSERVE_TEST_DRIVER, MESHSERVE_TEST_CUSTOMER, MESHSERVE_TEST_TIMEOUT_S,
 MESHSERVE_TEST_ISTIO ("true": ask the Istio sidecar to exit at the end, so the pod also
-completes without native sidecars).
+completes without native sidecars), MESHSERVE_TEST_AUTH_MODE (the gateway's auth mode, when
+on) and MESHSERVE_TEST_CREDENTIAL (sent as `authorization: Bearer`), MESHSERVE_TEST_TLS_CA (call over
+TLS; MESHSERVE_TEST_TLS_CERT/_KEY: with a client certificate). With auth on and no
+credential, step 2 becomes: an anonymous call must be refused with UNAUTHENTICATED.
 """
 
 import os
@@ -42,13 +45,31 @@ def wait_serving(channel: grpc.Channel, service: str, timeout_s: float) -> None:
         time.sleep(2)
 
 
-def predict(channel: grpc.Channel, driver: int, customer: int) -> None:
+def entity_request(driver: int, customer: int) -> prediction_pb2.PredictEntitiesRequest:
     request = prediction_pb2.PredictEntitiesRequest()
     row = request.entities.add()
     row.values["driver_id"].int64_value = driver
     row.values["customer_id"].int64_value = customer
+    return request
+
+
+def expect_refused(channel: grpc.Channel, driver: int, customer: int, mode: str) -> None:
     try:
-        reply = prediction_pb2_grpc.PredictionServiceStub(channel).PredictEntities(request, timeout=30)
+        prediction_pb2_grpc.PredictionServiceStub(channel).PredictEntities(entity_request(driver, customer), timeout=30)
+    except grpc.RpcError as err:
+        if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+            print(f"auth ({mode}): an anonymous call is refused: {err.details()}", flush=True)
+            print("prediction skipped: no tests.credentials Secret to call with", flush=True)
+            return
+        raise SystemExit(f"FAIL: anonymous PredictEntities: expected UNAUTHENTICATED, got {err.code().name}: {err.details()}") from None
+    raise SystemExit(f"FAIL: gateway.auth.mode is {mode} but an anonymous PredictEntities call was answered")
+
+
+def predict(channel: grpc.Channel, driver: int, customer: int, credential: str = "") -> None:
+    request = entity_request(driver, customer)
+    metadata = [("authorization", f"Bearer {credential}")] if credential else None
+    try:
+        reply = prediction_pb2_grpc.PredictionServiceStub(channel).PredictEntities(request, timeout=30, metadata=metadata)
     except grpc.RpcError as err:
         raise SystemExit(f"FAIL: PredictEntities: {err.code().name}: {err.details()}") from None
     print(MessageToJson(reply, indent=2), flush=True)
@@ -62,6 +83,24 @@ def predict(channel: grpc.Channel, driver: int, customer: int) -> None:
     print(f"prediction OK: probability={first.probability:.4f}", flush=True)
 
 
+def open_channel(target: str) -> grpc.Channel:
+    """TLS when MESHSERVE_TEST_TLS_CA is set (mutual with MESHSERVE_TEST_TLS_CERT/_KEY), else plaintext."""
+    ca = os.environ.get("MESHSERVE_TEST_TLS_CA")
+    if not ca:
+        return grpc.insecure_channel(target)
+
+    def read(name: str) -> "bytes | None":
+        path = os.environ.get(name)
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    creds = grpc.ssl_channel_credentials(read("MESHSERVE_TEST_TLS_CA"), read("MESHSERVE_TEST_TLS_KEY"), read("MESHSERVE_TEST_TLS_CERT"))
+    print(f"TLS to {target} (CA {ca})", flush=True)
+    return grpc.secure_channel(target, creds)
+
+
 def stop_sidecar() -> None:
     try:
         urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:15020/quitquitquit", method="POST"), timeout=3)
@@ -72,10 +111,16 @@ def stop_sidecar() -> None:
 def main() -> int:
     target = os.environ["MESHSERVE_TEST_TARGET"]
     try:
-        with grpc.insecure_channel(target) as channel:
+        with open_channel(target) as channel:
             timeout_s = float(os.environ.get("MESHSERVE_TEST_TIMEOUT_S", "300"))
             wait_serving(channel, os.environ["MESHSERVE_TEST_HEALTH_SERVICE"], timeout_s)
-            predict(channel, int(os.environ["MESHSERVE_TEST_DRIVER"]), int(os.environ["MESHSERVE_TEST_CUSTOMER"]))
+            driver, customer = int(os.environ["MESHSERVE_TEST_DRIVER"]), int(os.environ["MESHSERVE_TEST_CUSTOMER"])
+            mode = os.environ.get("MESHSERVE_TEST_AUTH_MODE", "none")
+            credential = os.environ.get("MESHSERVE_TEST_CREDENTIAL", "").strip()
+            if mode != "none" and not credential:
+                expect_refused(channel, driver, customer, mode)
+            else:
+                predict(channel, driver, customer, credential)
         return 0
     finally:
         if os.environ.get("MESHSERVE_TEST_ISTIO") == "true":

@@ -201,17 +201,36 @@ ctx: root, svc, track.
 {{- $_ := set $env (printf "%s_GRACE_PERIOD_S" $p) (toString $v.gracePeriodSeconds) -}}
 {{- $_ := set $env (printf "%s_LOG_LEVEL" $p) (toString $root.Values.logging.level) -}}
 {{- $_ := set $env (printf "%s_LOG_JSON" $p) (toString $root.Values.logging.json) -}}
+{{- $_ := set $env (printf "%s_ACCESS_LOG" $p) (toString (default false $root.Values.logging.accessLog)) -}}
+{{- include "meshserve.otelEnv" (dict "ctx" . "env" $env) -}}
 {{- /* The root filesystem is read-only: caches and temporary files go to emptyDirs. */ -}}
 {{- $_ := set $env "HOME" "/var/cache/meshserve" -}}
 {{- $_ := set $env "MESHSERVE_HOME" "/var/cache/meshserve" -}}
 {{- $_ := set $env "XDG_CACHE_HOME" "/var/cache/meshserve" -}}
 {{- $_ := set $env "TMPDIR" "/var/cache/meshserve" -}}
+{{- include "meshserve.tlsEnv" (dict "ctx" . "env" $env) -}}
 {{- if eq .svc "gateway" -}}
 {{- range $down := list "features" "preprocess" "model" -}}
 {{- $_ := set $env (printf "%s_%s_TARGET" $p (upper $down)) (include "meshserve.target" (dict "root" $root "svc" $down "track" $.track)) -}}
 {{- end -}}
 {{- $_ := set $env (printf "%s_MAX_BATCH_ROWS" $p) (toString $v.maxBatchRows) -}}
 {{- $_ := set $env (printf "%s_MODEL_NAME" $p) (default $root.Values.model.modelName $v.modelName) -}}
+{{- $auth := $v.auth -}}
+{{- if and $auth (ne $auth.mode "none") -}}
+{{- /* Nothing when auth is off, so an upgrade without auth leaves the gateway's config as it was. */ -}}
+{{- $_ := set $env (printf "%s_AUTH_MODE" $p) $auth.mode -}}
+{{- if eq $auth.mode "api_key" -}}
+{{- $_ := set $env (printf "%s_AUTH_API_KEYS_FILE" $p) (printf "%s/%s" (include "meshserve.authMountPath" .) $auth.apiKeys.key) -}}
+{{- else -}}
+{{- $_ := set $env (printf "%s_AUTH_JWT_JWKS_FILE" $p) (printf "%s/%s" (include "meshserve.authMountPath" .) $auth.jwt.jwksKey) -}}
+{{- $_ := set $env (printf "%s_AUTH_JWT_ISSUER" $p) $auth.jwt.issuer -}}
+{{- $_ := set $env (printf "%s_AUTH_JWT_AUDIENCE" $p) $auth.jwt.audience -}}
+{{- $_ := set $env (printf "%s_AUTH_JWT_ALGORITHMS" $p) (toJson $auth.jwt.algorithms) -}}
+{{- $_ := set $env (printf "%s_AUTH_JWT_CALLER_CLAIM" $p) $auth.jwt.callerClaim -}}
+{{- $_ := set $env (printf "%s_AUTH_JWT_LEEWAY_S" $p) (toString $auth.jwt.leewaySeconds) -}}
+{{- $_ := set $env (printf "%s_AUTH_JWT_METRIC_CALLERS" $p) (toJson (default (list) $auth.jwt.metricCallers)) -}}
+{{- end -}}
+{{- end -}}
 {{- else if eq .svc "features" -}}
 {{- $_ := set $env (printf "%s_FEAST_REGISTRY" $p) $v.feast.registry -}}
 {{- $_ := set $env (printf "%s_FEAST_PROJECT" $p) $v.feast.project -}}
@@ -261,6 +280,42 @@ ctx: root, svc, track.
 {{- end }}
 {{- end -}}
 
+{{/* Where the gateway's auth file (API keys or JWKS) is mounted, read-only. */}}
+{{- define "meshserve.authMountPath" -}}
+/etc/meshserve/auth
+{{- end -}}
+
+{{/*
+Volume source of the gateway's auth file (a secret: or configMap: block), or nothing
+when auth is off or the workload is not a gateway. ctx: root, svc.
+Mode 0440 (288): readable by the pod's fsGroup only, as the gateway runs.
+*/}}
+{{- define "meshserve.authVolumeSource" -}}
+{{- if eq .svc "gateway" -}}
+{{- $auth := .root.Values.gateway.auth -}}
+{{- if eq $auth.mode "api_key" -}}
+secret:
+  secretName: {{ $auth.apiKeys.existingSecret }}
+  defaultMode: 288
+  items:
+    - key: {{ $auth.apiKeys.key }}
+      path: {{ $auth.apiKeys.key }}
+{{- else if eq $auth.mode "jwt" -}}
+{{- if $auth.jwt.jwksSecret -}}
+secret:
+  secretName: {{ $auth.jwt.jwksSecret }}
+{{- else -}}
+configMap:
+  name: {{ $auth.jwt.jwksConfigMap }}
+{{- end }}
+  defaultMode: 288
+  items:
+    - key: {{ $auth.jwt.jwksKey }}
+      path: {{ $auth.jwt.jwksKey }}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* A grpc probe. args: port, service (may be empty), cfg (period/failure/timeout). */}}
 {{- define "meshserve.grpcProbe" -}}
 grpc:
@@ -285,4 +340,74 @@ timeout: {{ . }}
 retries:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/*
+TLS of a workload (values: tls). Adds its settings to the env dict of configData.
+args: ctx (root, svc, track), env. TLS off: only MESHSERVE_<SVC>_PLAINTEXT, the explicit choice.
+*/}}
+{{- define "meshserve.tlsEnv" -}}
+{{- $root := .ctx.root -}}
+{{- $svc := .ctx.svc -}}
+{{- $t := $root.Values.tls -}}
+{{- $p := (index (include "meshserve.meta" .ctx | fromYaml) $svc).envPrefix -}}
+{{- $env := .env -}}
+{{- $_ := set $env (printf "%s_PLAINTEXT" $p) (ternary "false" (toString $t.plaintext) $t.enabled) -}}
+{{- if $t.enabled -}}
+{{- $dir := trimSuffix "/" $t.mountPath -}}
+{{- $_ := set $env (printf "%s_TLS_CERT_FILE" $p) (printf "%s/tls.crt" $dir) -}}
+{{- $_ := set $env (printf "%s_TLS_KEY_FILE" $p) (printf "%s/tls.key" $dir) -}}
+{{- if ternary $t.gatewayMutual $t.mutual (eq $svc "gateway") -}}
+{{- $_ := set $env (printf "%s_TLS_CLIENT_CA_FILE" $p) (printf "%s/ca.crt" $dir) -}}
+{{- end -}}
+{{- $_ := set $env (printf "%s_HEALTH_PORT" $p) (toString $t.healthPort) -}}
+{{- if eq $svc "gateway" -}}
+{{- $_ := set $env (printf "%s_UPSTREAM_TLS_CA_FILE" $p) (printf "%s/ca.crt" $dir) -}}
+{{- if $t.mutual -}}
+{{- $_ := set $env (printf "%s_UPSTREAM_TLS_CERT_FILE" $p) (printf "%s/tls.crt" $dir) -}}
+{{- $_ := set $env (printf "%s_UPSTREAM_TLS_KEY_FILE" $p) (printf "%s/tls.key" $dir) -}}
+{{- end -}}
+{{- with $t.serverName -}}
+{{- $_ := set $env (printf "%s_UPSTREAM_TLS_SERVER_NAME" $p) . -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Name of the TLS Secret of a service (empty when TLS is off). ctx: root, svc. */}}
+{{- define "meshserve.tlsSecret" -}}
+{{- $t := .root.Values.tls -}}
+{{- if $t.enabled -}}
+{{- default $t.existingSecret (index (default (dict) $t.secrets) .svc) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Port of a service's kubelet gRPC probes: the plaintext health port while TLS is on. ctx: root, svc. */}}
+{{- define "meshserve.probePort" -}}
+{{- if .root.Values.tls.enabled -}}
+{{- .root.Values.tls.healthPort -}}
+{{- else -}}
+{{- (index .root.Values .svc).port -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Standard OpenTelemetry variables of a workload into the dict .env. ctx: workload context. */}}
+{{- define "meshserve.otelEnv" -}}
+{{- $t := .ctx.root.Values.tracing -}}
+{{- $env := .env -}}
+{{- $attrs := list (printf "k8s.namespace.name=%s" .ctx.root.Release.Namespace) (printf "meshserve.track=%s" .ctx.track) -}}
+{{- range $k, $v := $t.resourceAttributes -}}
+{{- $attrs = append $attrs (printf "%s=%v" $k $v) -}}
+{{- end -}}
+{{- $_ := set $env "OTEL_SERVICE_NAME" (printf "meshserve-%s" .ctx.svc) -}}
+{{- $_ := set $env "OTEL_RESOURCE_ATTRIBUTES" (join "," $attrs) -}}
+{{- if $t.enabled -}}
+{{- $_ := set $env "OTEL_TRACES_EXPORTER" "otlp" -}}
+{{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" $t.endpoint -}}
+{{- $_ := set $env "OTEL_EXPORTER_OTLP_INSECURE" (toString (hasPrefix "http://" $t.endpoint)) -}}
+{{- $_ := set $env "OTEL_TRACES_SAMPLER" "parentbased_traceidratio" -}}
+{{- $_ := set $env "OTEL_TRACES_SAMPLER_ARG" (toString $t.sampleRatio) -}}
+{{- else -}}
+{{- $_ := set $env "OTEL_TRACES_EXPORTER" "none" -}}
+{{- end -}}
 {{- end -}}

@@ -36,8 +36,41 @@ Included from validate.yaml, which renders nothing.
 {{- if and .Values.canary.enabled (eq .Values.canary.alias .Values.model.alias) -}}
 {{- fail (printf "canary.alias (%s) must differ from model.alias: the canary pods must load another model version" .Values.canary.alias) -}}
 {{- end -}}
+{{- $tls := .Values.tls -}}
+{{- if and (not $tls.enabled) (not $tls.plaintext) -}}
+{{- fail "tls.enabled and tls.plaintext are both false: set tls.enabled=true (with tls.existingSecret or tls.secrets) to serve TLS, or tls.plaintext=true to choose plaintext gRPC explicitly (e.g. with istio.enabled)" -}}
+{{- end -}}
+{{- if and $tls.enabled .Values.istio.enabled -}}
+{{- fail "tls.enabled with istio.enabled: keep TLS off under Istio (the sidecars' mTLS encrypts and authenticates every hop; TLS inside it hides the gRPC calls from Istio's routing and canary split)" -}}
+{{- end -}}
+{{- if $tls.enabled -}}
+{{- range $svc := include "meshserve.services" . | fromYamlArray -}}
+{{- if not (include "meshserve.tlsSecret" (dict "root" $root "svc" $svc)) -}}
+{{- fail (printf "tls.enabled: set tls.existingSecret or tls.secrets.%s (a Secret with ca.crt, tls.crt, tls.key)" $svc) -}}
+{{- end -}}
+{{- $v := index $root.Values $svc -}}
+{{- if or (eq (int $tls.healthPort) (int $v.port)) (eq (int $tls.healthPort) (int $v.metricsPort)) -}}
+{{- fail (printf "tls.healthPort (%d) must differ from %s.port and %s.metricsPort" (int $tls.healthPort) $svc $svc) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq .Values.features.onlineStore "redis") (not .Values.features.redis.url) (not .Values.features.redis.existingSecret) -}}
 {{- fail "features.onlineStore is redis: set features.redis.url or features.redis.existingSecret" -}}
+{{- end -}}
+{{- $auth := .Values.gateway.auth -}}
+{{- if and (eq $auth.mode "api_key") (not $auth.apiKeys.existingSecret) -}}
+{{- fail "gateway.auth.mode is api_key: set gateway.auth.apiKeys.existingSecret, the Secret holding the caller:sha256 keys file" -}}
+{{- end -}}
+{{- if eq $auth.mode "jwt" -}}
+{{- if eq (ternary 1 0 (not (empty $auth.jwt.jwksConfigMap))) (ternary 1 0 (not (empty $auth.jwt.jwksSecret))) -}}
+{{- fail "gateway.auth.mode is jwt: set exactly one of gateway.auth.jwt.jwksConfigMap and gateway.auth.jwt.jwksSecret (the JWKS of public keys)" -}}
+{{- end -}}
+{{- if or (not $auth.jwt.issuer) (not $auth.jwt.audience) -}}
+{{- fail "gateway.auth.mode is jwt: set gateway.auth.jwt.issuer and gateway.auth.jwt.audience (tokens must carry both)" -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.istio.enabled (eq (include "meshserve.serviceAccountName" (dict "root" . "svc" "gateway")) "default") -}}
+{{- fail "istio.enabled: features, preprocess and model admit only the gateway's service account, and it is \"default\", shared by every pod of the namespace; set gateway.serviceAccount.create=true or gateway.serviceAccount.name" -}}
 {{- end -}}
 {{- if and .Values.features.redis.existingSecret (not .Values.features.redis.urlKey) -}}
 {{- fail "features.redis.existingSecret is set: set features.redis.urlKey, the key holding host:port,password=..." -}}
