@@ -9,7 +9,7 @@ export MESHSERVE_HOME ?= $(CURDIR)/.meshserve
 PACKAGES := gen/python runtime[mlflow] feature_repo training local \
             services/gateway services/features services/preprocess services/model
 
-.PHONY: help install protos train run test test-unit chaos clean
+.PHONY: help install protos train run test test-unit chaos soak clean
 
 help:  ## list targets
 	@grep -hE '^[a-zA-Z_-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -34,7 +34,10 @@ test: install  ## unit + end-to-end tests (real Feast, MLflow, Redis, torch, skl
 	$(PY) -m pytest
 
 chaos: install  ## fault scenarios on the real processes; writes bench/RELIABILITY.md
-	MESHSERVE_RELIABILITY_REPORT=1 $(PY) -m pytest tests/chaos -m chaos -v
+	MESHSERVE_RELIABILITY_REPORT=1 $(PY) -m pytest tests/chaos -m 'chaos and not soak' -v
+
+soak: install  ## 10 min of mixed load: no error, RSS growth bounded (MESHSERVE_SOAK_S=600); bench/RELIABILITY.md
+	MESHSERVE_RELIABILITY_REPORT=1 MESHSERVE_SOAK_S=$${MESHSERVE_SOAK_S:-600} $(PY) -m pytest tests/chaos/test_soak.py -m soak -v -rP
 
 test-unit: install
 	$(PY) -m pytest tests/unit

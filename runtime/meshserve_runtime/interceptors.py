@@ -100,7 +100,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 return await inner_call(request, context)
             except ServiceError as err:
                 code = err.code
-                await context.abort(err.code, err.message)
+                await context.abort(err.code, bounded_message(err.message))
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
@@ -139,6 +139,24 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=tolerant_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+#: Longest status message sent, in UTF-8 bytes. It travels percent-encoded in the
+#: grpc-message trailer, and a client refuses response metadata past about 8 KiB: a
+#: message echoing a huge caller-sent name would turn the real status into RESOURCE_EXHAUSTED.
+MAX_STATUS_MESSAGE_BYTES = 1024
+
+
+def bounded_message(message: str, limit: int = MAX_STATUS_MESSAGE_BYTES) -> str:
+    """`message`, or its head and tail around a note of what was cut (both ends carry
+    meaning: what was wrong, and what is expected instead)."""
+    data = message.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return message
+    head = data[: limit * 3 // 4].decode("utf-8", "ignore")
+    tail = data[len(data) - limit // 4 :].decode("utf-8", "ignore")
+    cut = len(data) - len(head.encode("utf-8", "surrogatepass")) - len(tail.encode("utf-8", "surrogatepass"))
+    return f"{head} ...[{cut} bytes cut]... {tail}"
 
 
 class _Undecodable:

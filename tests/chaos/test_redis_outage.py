@@ -1,5 +1,6 @@
 """Redis (Feast's online store) stops mid-load and comes back: UNAVAILABLE while it is
-down, nothing hangs, full service returns without restarting anything.
+down and the features service reports itself not-ready (NOT_SERVING), nothing hangs, and
+full service returns without restarting anything.
 
 Uses a private redis-server on a free port (a copy of the test data), never the shared one.
 """
@@ -16,13 +17,19 @@ import grpc
 import pytest
 import redis
 
-from meshserve_local.stack import Stack
+from grpc_health.v1 import health_pb2
+
+from meshserve_local.stack import Stack, free_ports
+from meshserve_runtime.protocol import FEATURES_HEALTH_NAME, GATEWAY_HEALTH_NAME
 from tests.chaos.load import Load, entity_request
-from meshserve_local.stack import free_ports
+from tests.chaos.replicas import health_status, wait_until
 from tests.e2e.conftest import make_stack_config
 from tests.fixtures.trained import TrainedHome
 
 pytestmark = pytest.mark.chaos
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class PrivateRedis:
@@ -80,20 +87,38 @@ def test_redis_outage_and_return(trained: TrainedHome, private_redis, record) ->
     config.redis_url = f"127.0.0.1:{server.port}"
     with Stack(config) as stack:
         target = stack.config.target("gateway")
+        features = stack.config.target("features")
         with Load(target, concurrency=4, timeout=5) as load:
             assert load.wait_for(lambda r: r.statuses["OK"] >= 20, 60)
             server.kill()
             assert load.wait_for(lambda r: r.statuses["UNAVAILABLE"] >= 10, 60), load.result.statuses
+            # The features service says it can't serve (readiness), while staying alive;
+            # the gateway's readiness is about its own process, so it stays SERVING.
+            features_down = wait_until(lambda: health_status(features, FEATURES_HEALTH_NAME) == NOT_SERVING, 30)
+            live_while_down = health_status(features, "")
+            gateway_while_down = health_status(target, GATEWAY_HEALTH_NAME)
             with grpc.insecure_channel(target) as ch:
                 from meshserve.v1 import prediction_pb2_grpc
 
                 with pytest.raises(grpc.RpcError) as info:
                     prediction_pb2_grpc.PredictionServiceStub(ch).PredictEntities(entity_request(), timeout=5)
             server.start()  # loads its RDB file, as a persistent Redis would
+            features_back = wait_until(lambda: health_status(features, FEATURES_HEALTH_NAME) == SERVING, 60)
             mark = load.result.statuses["OK"]
             assert load.wait_for(lambda r: r.statuses["OK"] >= mark + 20, 60), "no recovery after Redis returned"
     r = load.result
-    record("Redis killed mid-load, then restarted", r, f"while down: {info.value.code().name} \"{info.value.details()[:80]}\"")
+    record(
+        "Redis killed mid-load, then restarted",
+        r,
+        f"while down: {info.value.code().name} \"{info.value.details()[:300]}\"; features health "
+        f"{'NOT_SERVING' if features_down else 'still SERVING'} while down (gateway "
+        f"{health_pb2.HealthCheckResponse.ServingStatus.Name(gateway_while_down or 0)}), "
+        f"{'SERVING again' if features_back else 'not SERVING again'} after Redis returned, no restart",
+    )
+    assert features_down, "features did not report NOT_SERVING while its online store was down"
+    assert live_while_down == SERVING  # alive, only not ready
+    assert gateway_while_down == SERVING
+    assert features_back, "features did not report SERVING again after its online store returned"
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "features" in info.value.details()
     assert r.lost == 0

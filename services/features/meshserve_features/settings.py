@@ -41,3 +41,7 @@ class FeaturesSettings(ServerSettings, FeastSettings):
     than the store). Only with read_path=direct; hit rate in meshserve_feature_cache_lookups_total."""
     cache_max_entries: int = Field(default=100_000, ge=1)
     """Most (feature view, entity) rows the cache holds (least recently used evicted first)."""
+    store_probe_interval_s: float = Field(default=2.0, ge=0)
+    """How often a ready service probes the online store: while the store is unreachable (a probe
+    or a request read failed) the service reports NOT_SERVING, until a probe succeeds (0: readiness
+    does not follow the store)."""

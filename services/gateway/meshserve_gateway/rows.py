@@ -20,12 +20,16 @@ _PLACEHOLDER = {KIND_INT64: 0, KIND_DOUBLE: 0.0, KIND_STRING: "", KIND_BOOL: Fal
 _DTYPE = {KIND_INT64: np.int64, KIND_DOUBLE: np.float64, KIND_STRING: object, KIND_BOOL: np.bool_}
 
 
-def rows_to_frame(rows: Sequence[types_pb2.Row], field: str, *, allow_null: bool) -> types_pb2.Frame:
+def rows_to_frame(rows: Sequence[types_pb2.Row], field: str, *, allow_null: bool, max_values: int | None = None) -> types_pb2.Frame:
     """Every row must have the same keys; a column's type is its values' common type
     (int64 and double mix to double); null is allowed only where the caller says."""
     first = rows[0].values
     if not first:
         raise InvalidArgument(f"{field}[0] has no values")
+    # Checked before any per-key work, which costs microseconds per cell; later rows
+    # must match row 0's key count, so this bounds the whole batch.
+    if max_values is not None and len(first) > max_values:
+        raise InvalidArgument(f"{field}[0] has {len(first)} values; at most {max_values} per row are accepted (gateway max_row_values)")
     names = sorted(first.keys())
     if "" in first:
         raise InvalidArgument(f"{field}[0] has a value with an empty name")
