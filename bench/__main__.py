@@ -89,11 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     train_if_needed(s)
 
-    ports = free_ports(12)
+    ports = free_ports(21)
     names = list(HEALTH_NAMES)
+    collector_port = ports[12]
+    # Observability ON as a cluster runs it with `tracing.enabled=true`: metrics, trace ids,
+    # and spans exported over OTLP/gRPC (batch processor) at the chart's 1% sampling, to a
+    # collector stand-in. The OFF stack (OTEL_SDK_DISABLED) is the baseline it is compared to.
+    tracing_on = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
+                  "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                  "OTEL_TRACES_SAMPLER_ARG": str(s.trace_sample_ratio)}
     config = StackConfig(home=s.home, online_store="redis", redis_url=s.redis_url,
                          ports=dict(zip(names, ports[:4])), metrics_ports=dict(zip(names, ports[4:8])),
-                         extra_env={n: {f"MESHSERVE_{n.upper()}_LOG_LEVEL": "WARNING"} for n in names})
+                         extra_env={n: {f"MESHSERVE_{n.upper()}_LOG_LEVEL": "WARNING", **tracing_on} for n in names})
+    off_config = StackConfig(home=s.home, online_store="redis", redis_url=s.redis_url,
+                             ports=dict(zip(names, ports[13:17])), metrics_ports=dict(zip(names, ports[17:21])),
+                             extra_env={n: {f"MESHSERVE_{n.upper()}_LOG_LEVEL": "WARNING", "OTEL_SDK_DISABLED": "true"} for n in names})
     gw, metrics = config.target("gateway"), f"http://127.0.0.1:{config.metrics_ports['gateway']}/metrics"
     echo_t, relay_t, listen_port = f"127.0.0.1:{ports[8]}", f"127.0.0.1:{ports[9]}", ports[10]
 
@@ -122,14 +132,31 @@ def main(argv: list[str] | None = None) -> int:
         cell("echo_c64", "echo", echo_t, 1, 64, False),
         cell("echo4_chain_c64", "relay", relay_t, 1, 64, False),
     ]
+    # Alternating on/off cells, both stacks up, so drift in the machine's load hits both alike.
+    off_gw = off_config.target("gateway")
+    obs_cells = []
+    for conc in (64, 1):
+        for rep in (1, 2):
+            obs_cells.append(cell(f"obs_on_c{conc}_{rep}", "predict_entities", gw, 1, conc, False))
+            obs_cells.append(cell(f"obs_off_c{conc}_{rep}", "predict_entities", off_gw, 1, conc, False))
+    for c in obs_cells:
+        c["metrics_url"] = None
     pick = (lambda cs: [c for c in cs if not only or c["name"] in only])
     results: dict = {"cells": [], "floors": {}}
 
     with ExitStack() as stack:
-        print("starting the stack (Redis online store)...", flush=True)
+        collector = spawn(["-m", "bench.collector", str(collector_port), str(tmp / "spans.txt")], logs / "collector.log")
+        stack.callback(stop, collector)
+        print("starting the stack (Redis online store, tracing exported at "
+              f"{s.trace_sample_ratio:g} sampling)...", flush=True)
         stack.enter_context(Stack(config))
         print("matrix:", flush=True)
         results["cells"] += run_loadgen(pick(matrix), tmp, "matrix")
+
+        if pick(obs_cells):
+            print("observability on vs off (a second stack with OTEL_SDK_DISABLED=true):", flush=True)
+            stack.enter_context(Stack(off_config))
+            results["observability"] = run_loadgen(pick(obs_cells), tmp, "observability")
 
         if pick(features_cells):
             from bench.floors import start_feast_listen
@@ -165,7 +192,11 @@ def main(argv: list[str] | None = None) -> int:
                        env={**os.environ, "MESHSERVE_HOME": str(s.home)})
         results["floors"]["forward"] = json.loads(fwd.read_text())
 
-    results["settings"] = {"seconds": s.seconds, "warmup_seconds": s.warmup_seconds, "floor_seconds": s.floor_seconds,
+    spans = tmp / "spans.txt"
+    if spans.exists():
+        results["spans_exported"] = int(spans.read_text() or 0)
+        spans.unlink()
+    results["settings"] = {"trace_sample_ratio": s.trace_sample_ratio, "seconds": s.seconds, "warmup_seconds": s.warmup_seconds, "floor_seconds": s.floor_seconds,
                            "redis_url": s.redis_url}
     results["wall_seconds"] = round(time.time() - started, 1)
     md = write_report(results, s.out_dir)

@@ -81,6 +81,14 @@ def targets(results: dict) -> list[dict]:
     ok = None if e2e is None or chain is None else e2e <= 1.5 * chain
     add("end-to-end p50 at c=1 <= 1.5x four chained echo RPCs",
         f"{e2e:.2f} ms vs {chain:.2f} ms ({e2e / chain:.2f}x)" if ok is not None else "-", ok)
+    obs = {o["name"]: o for o in results.get("observability") or []}
+    for conc in (64, 1):
+        on = [obs[k]["rps"] for k in (f"obs_on_c{conc}_1", f"obs_on_c{conc}_2") if k in obs]
+        off = [obs[k]["rps"] for k in (f"obs_off_c{conc}_1", f"obs_off_c{conc}_2") if k in obs]
+        if on and off:
+            ratio = sum(on) / sum(off)
+            add(f"observability on costs <= 10% of throughput, c={conc}",
+                f"{sum(on) / len(on):.0f} vs {sum(off) / len(off):.0f} RPS ({ratio:.2f}x)", ratio >= 0.9)
     return rows
 
 
@@ -112,6 +120,16 @@ def render(results: dict) -> str:
     errs = [c for c in r["cells"] if c["errors"]]
     for c in errs:
         lines.append(f"\n{c['name']}: {c['errors']} errors, first: `{c['error_sample']}`")
+    obs = r.get("observability") or []
+    if obs:
+        lines += ["", "## Observability on vs off", "",
+                  f"ON: metrics, trace ids, spans exported over OTLP/gRPC at {r['settings'].get('trace_sample_ratio', 0.01):g} sampling "
+                  f"({r.get('spans_exported', '?')} spans reached the collector stand-in in the whole run). OFF: a second stack "
+                  "with `OTEL_SDK_DISABLED=true` (no tracing SDK, no trace ids; Prometheus metrics stay, they are not optional). "
+                  "Cells alternate on/off, both stacks up.", "",
+                  "| cell | RPS | p50 | p99 | errors |", "|---|---|---|---|---|"]
+        for c in obs:
+            lines.append(f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} |")
     f = r.get("floors", {})
     if f:
         lines += ["", "## Floors", "", "| floor | 1 entity / batch 1 | 100 entities / batch 64 |", "|---|---|---|"]

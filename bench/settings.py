@@ -25,5 +25,7 @@ class BenchSettings(BaseSettings):
     """Redis the online store uses: its own db index, never a developer's db 0 nor the tests' 15."""
     out_dir: Path = BENCH_DIR
     """Where RESULTS.md and results.json are written."""
+    trace_sample_ratio: float = Field(default=0.01, ge=0, le=1)
+    """Trace sampling of the main stack (spans exported over OTLP to a collector stand-in): the chart's default."""
     only: str = ""
     """Comma-separated cell names to run (empty: all); for a quick look at one cell."""

@@ -17,3 +17,7 @@ MODEL_HEALTH_NAME = "inference.GRPCInferenceService"
 
 #: ModelInfer response parameter with the registry alias the model was loaded from.
 MODEL_ALIAS_PARAMETER = "meshserve.model_alias"
+
+#: Start of the model's FAILED_PRECONDITION message when the skew guard refuses a tensor;
+#: the gateway retries those (a hot reload in progress), not other FAILED_PRECONDITIONs.
+SKEW_GUARD_MESSAGE_PREFIX = "skew guard:"

@@ -153,6 +153,12 @@ def test_one_request_one_trace_metrics_and_logs(traced_stack: Stack, collector: 
                     ancestor = by_id[ancestor.parent_span_id][1]
                 assert ancestor.parent_span_id == server.span_id, (service, s.name)
 
+    # the in-process stages have spans of their own, with their attributes
+    inner = {(svc, s.name): {a.key for a in s.attributes} for svc, s in spans}
+    for service, name, attribute in (("features", "store_read", "meshserve.entities"), ("preprocess", "transform", "meshserve.rows"),
+                                     ("model", "forward", "meshserve.batch_size")):
+        assert attribute in inner.get((OTEL_NAMES[service], name), set()), (service, name, sorted(inner))
+
     # --- metrics moved by exactly one request
     after = scrape(traced_stack)
     methods = {"gateway": "PredictEntities", "features": "GetOnlineFeatures", "preprocess": "Transform", "model": "ModelInfer"}
@@ -167,7 +173,7 @@ def test_one_request_one_trace_metrics_and_logs(traced_stack: Stack, collector: 
         dsum = value(after[service], "meshserve_rpc_duration_seconds_sum", **labels) - value(before[service], "meshserve_rpc_duration_seconds_sum", **labels)
         assert 0 < dsum < 30
     gw_before, gw_after = before["gateway"], after["gateway"]
-    for stage_name in ("features", "preprocess", "model"):
+    for stage_name in ("features", "preprocess", "model", "total"):
         name = "meshserve_gateway_stage_duration_seconds_count"
         assert value(gw_after, name, stage=stage_name) - value(gw_before, name, stage=stage_name) == 1, stage_name
     # Features: one store read, one value per feature of the one entity.
@@ -175,6 +181,8 @@ def test_one_request_one_trace_metrics_and_logs(traced_stack: Stack, collector: 
     fb, fa = before["features"], after["features"]
     assert value(fa, "meshserve_feature_store_read_seconds_count") - value(fb, "meshserve_feature_store_read_seconds_count") == 1
     assert value(fa, "meshserve_feature_values_total") - value(fb, "meshserve_feature_values_total") == n_features
+    assert value(fa, "meshserve_feature_entities_per_request_count") - value(fb, "meshserve_feature_entities_per_request_count") == 1
+    assert value(fa, "meshserve_feature_entities_per_request_sum") - value(fb, "meshserve_feature_entities_per_request_sum") == 1
     # Model batching (if exported): one row through at least one forward pass.
     mb, ma = before["model"], after["model"]
     if any(n == "meshserve_model_batch_size_sum" for n, _ in ma):

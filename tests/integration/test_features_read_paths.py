@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -44,6 +45,11 @@ def test_direct_path_matches_get_online_features(trained: TrainedHome, online_st
     assert a.names == b.names
     np.testing.assert_array_equal(a.status, b.status)
     np.testing.assert_array_equal(a.values, b.values)  # bit-identical, NaN where not PRESENT
+    assert direct.async_reads == (online_store == "redis")
+    if direct.async_reads:  # the service's path on Redis: the same commands on redis.asyncio
+        c = asyncio.run(direct.read_async(direct.service(FEATURE_SERVICE), _keys()))
+        np.testing.assert_array_equal(a.status, c.status)
+        np.testing.assert_array_equal(a.values, c.values)
 
 
 def test_cache_serves_identical_values_and_counts_hits(trained: TrainedHome, online_store: str) -> None:

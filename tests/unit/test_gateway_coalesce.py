@@ -13,7 +13,7 @@ from meshserve.v1 import features_pb2, preprocess_pb2, types_pb2
 
 from meshserve_runtime.codecs import decode_frame, encode_frame, encode_tensor, float_column
 from meshserve_runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError
-from meshserve_runtime.protocol import MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_ID_PARAMETER
+from meshserve_runtime.protocol import MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_ID_PARAMETER, SKEW_GUARD_MESSAGE_PREFIX
 
 from meshserve_gateway.coalesce import Coalescer
 from meshserve_gateway.deadline import Deadline
@@ -43,6 +43,7 @@ class Fakes:
         self.max_in_flight = 0
         self.fail_preprocess: grpc.StatusCode | None = None
         self.model_run_ids: list[str] = []  # popped per model call when set (hot reload)
+        self.skew_refusals = 0  # the next N model calls are refused by the skew guard
 
     async def _work(self, timeout: float | None) -> None:
         self.in_flight += 1
@@ -84,6 +85,9 @@ class Fakes:
         self.model_calls.append(request.inputs[0].shape[0])
         await self._work(timeout)
         assert request.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param == "run1"
+        if self.skew_refusals:
+            self.skew_refusals -= 1
+            raise rpc_error(grpc.StatusCode.FAILED_PRECONDITION, f"{SKEW_GUARD_MESSAGE_PREFIX} the input was made by run 'run1' ...")
         x = np.frombuffer(request.raw_input_contents[0], dtype="<f4")
         out = v2.ModelInferResponse(model_name="m", model_version="1")
         run_id = self.model_run_ids.pop(0) if self.model_run_ids else "run1"
@@ -308,3 +312,85 @@ def test_disabled_coalescer_passes_through() -> None:
         return calls
 
     assert asyncio.run(go()) == 8
+
+
+def test_saturated_stage_grows_groups_instead_of_adding_calls() -> None:
+    """With the lane's in-flight cap reached, the delay timer sends nothing: callers that
+    arrive while the stage is busy wait for a completion and then go as one group."""
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def run_one(item: int, deadline: Deadline) -> int:
+        calls.append(1)
+        await release.wait()
+        return item * 10
+
+    async def run_group(items, deadline: Deadline) -> list[int]:  # noqa: ANN001
+        calls.append(len(items))
+        return [i * 10 for i in items]
+
+    dispatched: list[tuple[int, int]] = []
+
+    async def scenario() -> list[int]:
+        c: Coalescer[int, int] = Coalescer(run_one, run_group, max_delay_us=100, max_rows=256, max_in_flight=1,
+                                           on_dispatch=lambda callers, rows: dispatched.append((callers, rows)))
+        first = asyncio.ensure_future(c.submit("k", 1, 1, Deadline(5)))
+        await asyncio.sleep(0)  # the first caller is now in flight, alone
+        rest = [asyncio.ensure_future(c.submit("k", i, 1, Deadline(5))) for i in range(2, 12)]
+        await asyncio.sleep(0.02)  # 200x the delay: with the cap reached nothing else was sent
+        assert calls == [1]
+        release.set()
+        return list(await asyncio.gather(first, *rest))
+
+    answers = asyncio.run(scenario())
+    assert answers == [i * 10 for i in range(1, 12)]
+    assert calls == [1, 10]  # the ten waiting callers went as one group
+    assert dispatched == [(1, 1), (10, 10)]
+
+
+def test_below_the_in_flight_cap_the_delay_still_sends_a_group() -> None:
+    """max_in_flight=2: while one call is out, a second group goes after the delay."""
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def run_one(item: int, deadline: Deadline) -> int:
+        calls.append(1)
+        await release.wait()
+        return item
+
+    async def run_group(items, deadline: Deadline) -> list[int]:  # noqa: ANN001
+        calls.append(len(items))
+        return list(items)
+
+    async def scenario() -> None:
+        c: Coalescer[int, int] = Coalescer(run_one, run_group, max_delay_us=100, max_rows=256, max_in_flight=2)
+        first = asyncio.ensure_future(c.submit("k", 1, 1, Deadline(5)))
+        await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(c.submit("k", i, 1, Deadline(5))) for i in range(2, 5)]
+        await asyncio.sleep(0.02)
+        assert calls == [1, 3]  # the group did not wait for the first call
+        release.set()
+        assert await asyncio.gather(first, *rest) == [1, 2, 3, 4]
+
+    asyncio.run(scenario())
+
+
+def test_a_skew_guard_refusal_is_retried_until_the_pair_agrees() -> None:
+    """Preprocess and model switch releases one after the other: the gateway tries the pair
+    again (preprocess too, so both come from one release) instead of failing the caller."""
+    fakes = Fakes(delay=0.001)
+    fakes.skew_refusals = 2
+    reply = asyncio.run(pipeline(fakes).predict_entities([entity(1001)], Deadline(5)))
+    assert probs(reply) == [pytest.approx(expected(1001))]
+    assert len(fakes.model_calls) == 3 and len(fakes.preprocess_calls) == 3
+
+
+def test_a_lasting_skew_is_answered_failed_precondition_in_bounded_time() -> None:
+    fakes = Fakes(delay=0.001)
+    fakes.skew_refusals = 10_000  # a misconfigured pair, not a reload
+    p = Pipeline(fakes, fakes, fakes, "m", 1000, skew_retry_s=0.3)
+    with pytest.raises(ServiceError) as err:
+        asyncio.run(p.predict_entities([entity(1001)], Deadline(5)))
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert SKEW_GUARD_MESSAGE_PREFIX in err.value.message
+    assert 2 <= len(fakes.model_calls) < 20  # backoff, not a hot loop

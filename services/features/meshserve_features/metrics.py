@@ -21,3 +21,8 @@ CACHE_LOOKUPS = Counter(
     "Entity cache lookups (one per feature view and entity) by result: hit or miss; hit rate = hit / total.",
     ["result"],
 )
+ENTITIES_PER_REQUEST = Histogram(
+    "meshserve_feature_entities_per_request",
+    "Entity rows per GetOnlineFeatures call (a coalesced gateway call carries several callers' rows).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)

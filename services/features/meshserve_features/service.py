@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -13,9 +13,10 @@ from meshserve.v1 import features_pb2_grpc
 from meshserve_runtime.errors import Unavailable
 from meshserve_runtime.metrics import ARTIFACT_INFO
 from meshserve_runtime.protocol import FEATURES_HEALTH_NAME
-from meshserve_runtime.server import Service
+from meshserve_runtime.server import ReadinessCallback, Service
 
 from meshserve_features.cache import EntityCache
+from meshserve_features.readiness import StoreReadiness
 from meshserve_features.servicer import FeatureServicer
 from meshserve_features.settings import FeaturesSettings
 from meshserve_features.store import FeatureBatch, OnlineFeatureStore
@@ -33,11 +34,31 @@ class FeaturesService(Service):
         # reads off the event loop (and off the default pool that load() uses) while Feast's
         # Python-side decoding, which holds the GIL either way, stays bounded.
         self._executor = ThreadPoolExecutor(max_workers=settings.read_threads, thread_name_prefix="feast-read")
-        self.servicer = FeatureServicer(settings.feature_service, settings.max_entities, self._run_read)
+        self.servicer = FeatureServicer(settings.feature_service, settings.max_entities, self._run_read, self._run_async)
         self.store: OnlineFeatureStore | None = None
+        self.readiness = StoreReadiness(settings.store_probe_interval_s)
 
     async def _run_read(self, fn: Callable[..., FeatureBatch], *args: object) -> FeatureBatch:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except Unavailable as err:
+            # The store went away: not-ready now, not at the next probe (the caller still
+            # gets this UNAVAILABLE with the store's own message).
+            await self.readiness.report(False, err.message)
+            raise
+
+    async def _run_async(self, read: Awaitable[FeatureBatch]) -> FeatureBatch:
+        try:
+            return await read
+        except Unavailable as err:
+            await self.readiness.report(False, err.message)  # as in _run_read
+            raise
+
+    async def _probe(self, store: OnlineFeatureStore) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, store.probe, self.settings.feature_service)
+
+    def bind_readiness(self, set_ready: ReadinessCallback) -> None:
+        self.readiness.bind(set_ready)
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         features_pb2_grpc.add_FeatureServiceServicer_to_server(self.servicer, server)
@@ -58,6 +79,7 @@ class FeaturesService(Service):
             return False
         self.store = store
         self.servicer.store = store
+        self.readiness.start(lambda: self._probe(store), store.where)
         ARTIFACT_INFO.info({
             "feature_service": s.feature_service,
             "online_store": s.online_store,
@@ -67,6 +89,7 @@ class FeaturesService(Service):
         return True
 
     async def close(self) -> None:
+        await self.readiness.stop()
         self.servicer.store = None
         if self.store is not None:
             self.store.close()

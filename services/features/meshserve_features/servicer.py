@@ -13,8 +13,9 @@ from meshserve.v1 import features_pb2, features_pb2_grpc
 
 from meshserve_runtime.codecs import ColumnData, decode_frame, encode_frame, float_column
 from meshserve_runtime.errors import InvalidArgument, NotFound, Unavailable
+from meshserve_runtime.tracing import span
 
-from meshserve_features.metrics import FEATURE_VALUES, STORE_READ_DURATION
+from meshserve_features.metrics import ENTITIES_PER_REQUEST, FEATURE_VALUES, STORE_READ_DURATION
 from meshserve_features.store import FeatureBatch, ServiceSpec, Status
 
 _STATUS_NAMES = {int(s): s.name for s in Status}
@@ -32,10 +33,15 @@ class FeatureReader(Protocol):
 
 
 RunBlocking = Callable[..., Awaitable[FeatureBatch]]
+RunAsync = Callable[[Awaitable[FeatureBatch]], Awaitable[FeatureBatch]]
 
 
 async def _to_thread(fn: Callable[..., FeatureBatch], *args: object) -> FeatureBatch:
     return await asyncio.to_thread(fn, *args)
+
+
+async def _await(read: Awaitable[FeatureBatch]) -> FeatureBatch:
+    return await read
 
 
 class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
@@ -46,12 +52,15 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         default_service: str,
         max_entities: int,
         run_blocking: RunBlocking = _to_thread,
+        run_async: RunAsync = _await,
     ) -> None:
         self.default_service = default_service
         self.max_entities = max_entities
         self.store: FeatureReader | None = None
         # Store reads block (SQLite has no async path in Feast): they run off the event loop.
         self._run_blocking = run_blocking
+        # Stores with an async path (Redis) read on the loop: no thread hand-off per call.
+        self._run_async = run_async
 
     async def GetOnlineFeatures(
         self, request: features_pb2.GetOnlineFeaturesRequest, context: grpc.aio.ServicerContext
@@ -66,8 +75,14 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
             raise NotFound(f"feature service {name!r} not found; this server has {store.service_names}") from None
 
         keys = self.validate_entities(request, spec)
+        n = len(next(iter(keys.values())))
+        ENTITIES_PER_REQUEST.observe(n)
         start = time.perf_counter()
-        batch = await self._run_blocking(store.read, spec, keys)
+        with span("store_read", entities=n, feature_service=spec.name):
+            if getattr(store, "async_reads", False):
+                batch = await self._run_async(store.read_async(spec, keys))  # type: ignore[attr-defined]
+            else:
+                batch = await self._run_blocking(store.read, spec, keys)
         STORE_READ_DURATION.observe(time.perf_counter() - start)
         return self.encode(spec, batch)
 

@@ -205,6 +205,25 @@ class OnlineFeatureStore:
             raise
         return self._to_batch(spec, resp.proto, n)
 
+    @property
+    def async_reads(self) -> bool:
+        """True when read_async() serves reads on the event loop (Redis, direct path)."""
+        return self._direct is not None and self._direct.redis
+
+    async def read_async(self, spec: ServiceSpec, keys: Mapping[str, np.ndarray]) -> FeatureBatch:
+        """read() without a thread: Redis through redis.asyncio (only when async_reads)."""
+        if self._store is None or self._direct is None or spec.plan is None:
+            raise Unavailable("the Feast registry is not loaded yet")
+        if spec.plan.unservable:
+            raise ValueError(spec.plan.unservable)
+        try:
+            values, has, ts = await self._direct.read_async(spec.plan, dict(keys), len(spec.features))
+        except Exception as err:
+            if _is_unavailable(err):
+                raise Unavailable(f"online store {self.where} is unavailable: {type(err).__name__}: {err}") from err
+            raise
+        return self._finish(spec, values, has, np.full(has.shape, _FEAST_PRESENT, dtype=np.int8), ts)
+
     def _to_batch(self, spec: ServiceSpec, proto: Any, n: int) -> FeatureBatch:
         index = {name: i for i, name in enumerate(proto.metadata.feature_names.val)}
         nan = float("nan")

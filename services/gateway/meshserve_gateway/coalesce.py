@@ -7,8 +7,12 @@ lane:
 * Nothing in flight on the lane: the caller is dispatched at once, alone. So at
   concurrency 1 coalescing adds no delay at all.
 * A call in flight: the caller queues. The queue is dispatched as one group as soon
-  as the in-flight call finishes, when it holds `max_rows` rows, or after
-  `max_delay_us` (a caller never waits longer than that for company).
+  as an in-flight call finishes, when it holds `max_rows` rows, or after
+  `max_delay_us` (a caller never waits longer than that for company) -- but the delay
+  only sends a group while fewer than `max_in_flight` calls are out on the lane. Why:
+  when the stage is busy (it answers slower than callers arrive), more concurrent small
+  calls only add per-call overhead to a saturated service; waiting for the next
+  completion makes groups grow with the load instead (measured in `make bench`).
 
 Every member has its own future, so one caller cancelling never cancels the group.
 Errors: a group call failing with a status a single member may have caused
@@ -68,13 +72,18 @@ class Coalescer(Generic[T, R]):
         *,
         max_delay_us: int,
         max_rows: int,
+        max_in_flight: int = 2,
         retry_alone: frozenset[grpc.StatusCode] = DEFAULT_RETRY_ALONE,
+        on_dispatch: Callable[[int, int], None] | None = None,
     ) -> None:
         self._run_one = run_one
         self._run_group = run_group
         self.max_delay_s = max_delay_us / 1e6
         self.max_rows = max_rows
+        self.max_in_flight = max(1, max_in_flight)
         self.retry_alone = retry_alone
+        # Called with (callers, rows) for every internal call the coalescer makes (metrics).
+        self._on_dispatch = on_dispatch
         self._lanes: dict[Hashable, _Lane[T, R]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # strong refs: a running group is never GC'd
         self.groups = 0  # internal calls made for more than one caller (for tests/metrics)
@@ -92,6 +101,8 @@ class Coalescer(Generic[T, R]):
         if lane.in_flight == 0 and not lane.queue:
             # Idle lane: go now. The caller's own task runs the call (no hand-off cost).
             lane.in_flight += 1
+            if self._on_dispatch is not None:
+                self._on_dispatch(1, rows)
             try:
                 return await self._run_one(item, deadline)
             finally:
@@ -101,10 +112,19 @@ class Coalescer(Generic[T, R]):
         lane.queue.append(_Member(item, rows, deadline, future))
         lane.rows += rows
         if lane.rows >= self.max_rows:
-            self._flush(key)
-        elif lane.timer is None:
-            lane.timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._flush, key)
+            self._flush(key)  # a full group goes at once, busy stage or not: bounded wait
+        elif lane.timer is None and lane.in_flight < self.max_in_flight:
+            lane.timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._on_timer, key)
         return await future
+
+    def _on_timer(self, key: Hashable) -> None:
+        lane = self._lanes.get(key)
+        if lane is None:
+            return
+        lane.timer = None
+        if lane.in_flight < self.max_in_flight:
+            self._flush(key)
+        # else: the stage is saturated; the next completion (_on_idle) sends the group.
 
     def _on_idle(self, key: Hashable, lane: _Lane[T, R]) -> None:
         """A call on the lane finished: send whatever queued up meanwhile."""
@@ -137,6 +157,8 @@ class Coalescer(Generic[T, R]):
 
     def _start(self, key: Hashable, lane: _Lane[T, R], group: list[_Member[T, R]]) -> None:
         lane.in_flight += 1
+        if self._on_dispatch is not None:
+            self._on_dispatch(len(group), sum(m.rows for m in group))
         task = asyncio.create_task(self._run(key, lane, group))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

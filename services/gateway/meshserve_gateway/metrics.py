@@ -1,4 +1,5 @@
-"""Gateway-only instrumentation: the time each pipeline stage takes, as a metric and a span."""
+"""Gateway-only instrumentation: the time each pipeline stage takes, as a metric and a span,
+and calls per authenticated caller."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from meshserve_runtime.metrics import LATENCY_BUCKETS
 from meshserve_runtime.tracing import span
@@ -18,17 +19,42 @@ STAGE_DURATION = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+COALESCED_CALLERS = Histogram(
+    "meshserve_gateway_coalesced_callers",
+    "Callers served by one internal call, per coalesced stage (features; score = preprocess + model). "
+    "Mostly 1: no concurrency to coalesce; growing with load: coalescing at work.",
+    ["stage"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+
+SKEW_RETRIES = Counter(
+    "meshserve_gateway_skew_retries_total",
+    "Preprocess+model calls tried again because the model's skew guard refused the tensor (a hot reload switching the pair).",
+)
+
+# Exported only with auth on (see meshserve_gateway.auth for why the label is bounded).
+CALLER_REQUESTS = Counter(
+    "meshserve_gateway_caller_requests_total",
+    "PredictionService calls by caller and gRPC status code, with auth on. caller: an API-key caller id, "
+    "a JWT caller listed in auth_jwt_metric_callers, other (any other JWT caller) or unauthenticated (refused).",
+    ["caller", "code"],
+)
+
 
 @contextmanager
-def stage(name: str) -> Iterator[None]:
+def stage(name: str, traced: bool = True) -> Iterator[None]:
     """Time one pipeline stage (the one place to add per-stage instrumentation).
 
     The span (`gateway.<stage>`) is the parent of the stage's client call, so a trace
-    shows the gateway's own time between hops apart from the hop itself.
+    shows the gateway's own time between hops apart from the hop itself. `total` is not
+    traced: the gateway's server span already is the whole request.
     """
     start = time.perf_counter()
     try:
-        with span(f"gateway.{name}", stage=name):
+        if traced:
+            with span(f"gateway.{name}", stage=name):
+                yield
+        else:
             yield
     finally:
         STAGE_DURATION.labels(name).observe(time.perf_counter() - start)

@@ -14,6 +14,7 @@ it joins a group.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
@@ -24,12 +25,17 @@ from meshserve.inference.v2 import open_inference_pb2_grpc as v2_grpc
 from meshserve.v1 import features_pb2, features_pb2_grpc, prediction_pb2, preprocess_pb2, preprocess_pb2_grpc, types_pb2
 
 from meshserve_runtime.codecs import decode_frame, encode_frame
-from meshserve_runtime.errors import InvalidArgument, NotFound, Unavailable, from_rpc_error
-from meshserve_runtime.protocol import MODEL_ALIAS_PARAMETER, MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_ID_PARAMETER
+from meshserve_runtime.errors import InvalidArgument, NotFound, ServiceError, Unavailable, from_rpc_error
+from meshserve_runtime.protocol import (
+    MODEL_ALIAS_PARAMETER,
+    MODEL_RUN_ID_PARAMETER,
+    PREPROCESSOR_RUN_ID_PARAMETER,
+    SKEW_GUARD_MESSAGE_PREFIX,
+)
 
 from meshserve_gateway.coalesce import Coalescer
 from meshserve_gateway.deadline import Deadline
-from meshserve_gateway.metrics import stage
+from meshserve_gateway.metrics import COALESCED_CALLERS, SKEW_RETRIES, stage
 from meshserve_gateway.rows import check_finite, concat_frames, describe_row, frame_schema, rows_to_frame, slice_frame
 
 _NOT_FOUND = features_pb2.FEATURE_STATUS_NOT_FOUND
@@ -60,18 +66,26 @@ class Pipeline:
         chunk_rows: int = 0,
         coalesce_max_delay_us: int = 0,
         coalesce_max_rows: int = 0,
+        coalesce_max_in_flight: int = 2,
+        max_row_values: int | None = None,
+        skew_retry_s: float = 15.0,
     ) -> None:
         self.features = features
         self.preprocess = preprocess
         self.model = model
         self.model_name = model_name
         self.max_batch_rows = max_batch_rows
+        self.max_row_values = max_row_values
         self.chunk_rows = chunk_rows
+        self.skew_retry_s = skew_retry_s
+        knobs = {"max_delay_us": coalesce_max_delay_us, "max_rows": coalesce_max_rows, "max_in_flight": coalesce_max_in_flight}
+        features_callers = COALESCED_CALLERS.labels("features")
+        score_callers = COALESCED_CALLERS.labels("score")
         self.features_coalescer: Coalescer[types_pb2.Frame, features_pb2.GetOnlineFeaturesResponse] = Coalescer(
-            self._fetch, self._fetch_group, max_delay_us=coalesce_max_delay_us, max_rows=coalesce_max_rows
+            self._fetch, self._fetch_group, **knobs, on_dispatch=lambda callers, _rows: features_callers.observe(callers)
         )
         self.score_coalescer: Coalescer[types_pb2.Frame, Scored] = Coalescer(
-            self._score_chunked, self._score_group, max_delay_us=coalesce_max_delay_us, max_rows=coalesce_max_rows
+            self._score_chunked, self._score_group, **knobs, on_dispatch=lambda callers, _rows: score_callers.observe(callers)
         )
 
     def _check_batch(self, rows: Sequence[types_pb2.Row], field: str) -> None:
@@ -82,7 +96,7 @@ class Pipeline:
 
     async def predict_entities(self, entities: Sequence[types_pb2.Row], deadline: Deadline) -> prediction_pb2.PredictResponse:
         self._check_batch(entities, "entities")
-        frame = rows_to_frame(entities, "entities", allow_null=False)
+        frame = rows_to_frame(entities, "entities", allow_null=False, max_values=self.max_row_values)
         # Coalesced only with callers of the same key columns and types, so a caller
         # with a malformed key (wrong type, missing column) never shares a call.
         feats = await self.features_coalescer.submit(frame_schema(frame), frame, len(entities), deadline)
@@ -121,7 +135,7 @@ class Pipeline:
 
     async def predict_rows(self, rows: Sequence[types_pb2.Row], deadline: Deadline) -> prediction_pb2.PredictResponse:
         self._check_batch(rows, "rows")
-        frame = rows_to_frame(rows, "rows", allow_null=True)
+        frame = rows_to_frame(rows, "rows", allow_null=True, max_values=self.max_row_values)
         check_finite(frame, "rows")  # before it may share a preprocess call with others
         scored = await self._score(frame, deadline)
         response = prediction_pb2.PredictResponse(model=scored.model, preprocessor=scored.preprocessor)
@@ -187,6 +201,25 @@ class Pipeline:
         raise Unavailable("the model release changed while the batch was being scored; retry")
 
     async def _score_once(self, frame: types_pb2.Frame, deadline: Deadline) -> Scored:
+        """Preprocess then model; refused by the skew guard (the two services are switching
+        releases one after the other), try again with backoff for up to skew_retry_s
+        within the caller's deadline: a request may wait for a hot reload, never mix releases."""
+        backoff = 0.02
+        give_up = time.monotonic() + self.skew_retry_s
+        while True:
+            try:
+                return await self._score_attempt(frame, deadline)
+            except ServiceError as err:
+                if not (err.code == grpc.StatusCode.FAILED_PRECONDITION and SKEW_GUARD_MESSAGE_PREFIX in err.message):
+                    raise
+                left = min(deadline.end, give_up) - time.monotonic()
+                if left <= backoff:
+                    raise
+                SKEW_RETRIES.inc()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 0.5)
+
+    async def _score_attempt(self, frame: types_pb2.Frame, deadline: Deadline) -> Scored:
         with stage("preprocess"):
             try:
                 pre = await self.preprocess.Transform(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from meshserve.v1 import prediction_pb2, prediction_pb2_grpc
 
+from meshserve_gateway.metrics import stage
 from meshserve_gateway.pipeline import Deadline, Pipeline
 
 
@@ -19,7 +20,9 @@ class PredictionServicer(prediction_pb2_grpc.PredictionServiceServicer):
         return Deadline(seconds)
 
     async def PredictEntities(self, request: prediction_pb2.PredictEntitiesRequest, context: grpc.aio.ServicerContext) -> prediction_pb2.PredictResponse:
-        return await self.pipeline.predict_entities(request.entities, self._deadline(context))
+        with stage("total", traced=False):
+            return await self.pipeline.predict_entities(request.entities, self._deadline(context))
 
     async def Predict(self, request: prediction_pb2.PredictRequest, context: grpc.aio.ServicerContext) -> prediction_pb2.PredictResponse:
-        return await self.pipeline.predict_rows(request.rows, self._deadline(context))
+        with stage("total", traced=False):
+            return await self.pipeline.predict_rows(request.rows, self._deadline(context))

@@ -19,12 +19,13 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from meshserve_runtime.errors import ResourceExhausted
-from meshserve_runtime.tracing import span
+from meshserve_runtime.tracing import current_context, link_to, span
 
 from meshserve_model import metrics
 
@@ -49,6 +50,9 @@ class _Pending:
     x: np.ndarray
     future: asyncio.Future[np.ndarray]
     enqueued: float = field(default_factory=time.perf_counter)
+    # The caller's trace context: the worker task runs in the context of whichever call
+    # started it, so batch spans are parented explicitly instead.
+    trace_context: Any = field(default_factory=current_context)
 
 
 class Batcher:
@@ -103,7 +107,7 @@ class Batcher:
     async def _wait_for_company(self) -> None:
         """Under load: let the batch fill, at most until the oldest call's deadline."""
         deadline = self._queue[0].enqueued + self.max_delay_s
-        with span("batch_wait", queued=len(self._queue)):
+        with span("batch_wait", parent=self._queue[0].trace_context, queued=len(self._queue)):
             while self._queued_rows < self.max_batch_size:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
@@ -156,7 +160,8 @@ class Batcher:
         try:
             # Inline on the loop: a forward pass of the small MLP is tens of microseconds,
             # cheaper than a thread hand-off.
-            with span("forward", batch_size=len(x), calls=len(batch)):
+            links = [lk for lk in (link_to(item.trace_context) for item in batch[1:]) if lk is not None]
+            with span("forward", parent=batch[0].trace_context, links=links or None, batch_size=len(x), calls=len(batch)):
                 out = self.predict(x)
         except Exception as err:  # every caller of this batch sees the failure
             log.exception("forward pass failed", extra={"batch_size": len(x)})

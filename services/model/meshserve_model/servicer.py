@@ -11,7 +11,7 @@ from meshserve.inference.v2 import open_inference_pb2 as v2
 from meshserve.inference.v2 import open_inference_pb2_grpc as v2_grpc
 
 from meshserve_runtime.errors import FailedPrecondition, NotFound, Unavailable
-from meshserve_runtime.protocol import MODEL_ALIAS_PARAMETER, MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_ID_PARAMETER
+from meshserve_runtime.protocol import MODEL_ALIAS_PARAMETER, MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_ID_PARAMETER, SKEW_GUARD_MESSAGE_PREFIX
 
 from meshserve_model.codecs import check_requested_outputs, decode_input, encode_output
 from meshserve_model.model import INPUT_NAME, OUTPUT_NAME, LoadedModel
@@ -67,7 +67,7 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                 found = self._for_run(run_id)
         if found is None:
             raise FailedPrecondition(
-                f"skew guard: the input was made by the preprocessor of run {run_id!r}, "
+                f"{SKEW_GUARD_MESSAGE_PREFIX} the input was made by the preprocessor of run {run_id!r}, "
                 f"but model {self.model_name} v{model.artifact.version} belongs to run {model.artifact.run_id!r}; "
                 "retry so both come from the same release"
             )

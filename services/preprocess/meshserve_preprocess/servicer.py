@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import grpc
+import numpy as np
 from meshserve.v1 import preprocess_pb2, preprocess_pb2_grpc
 
 from meshserve_runtime.codecs import decode_frame, encode_tensor
 from meshserve_runtime.errors import InvalidArgument, Unavailable
+from meshserve_runtime.tracing import span
 
 from meshserve_preprocess.transformer import LoadedPreprocessor
 
@@ -26,8 +28,17 @@ class PreprocessServicer(preprocess_pb2_grpc.PreprocessServiceServicer):
         if not request.HasField("frame") or request.frame.num_rows == 0:
             raise InvalidArgument("frame is empty: send at least one row")
         columns = decode_frame(request.frame, max_rows=self.max_rows)
-        x = pre.to_matrix(columns, request.frame.num_rows)
-        return preprocess_pb2.TransformResponse(tensor=encode_tensor(pre.transform(x)), preprocessor=pre.artifact.identity())
+        with span("transform", rows=request.frame.num_rows, version=pre.artifact.version):
+            x = pre.to_matrix(columns, request.frame.num_rows)
+            y = pre.transform(x)
+        # Finite input can still overflow the float32 tensor (e.g. 1e308, or a value the
+        # scaler blows up): refuse it here rather than hand the model NaN or infinity.
+        overflow = ~np.isfinite(y).all(axis=1)
+        if overflow.any():
+            row = int(np.argmax(overflow))
+            values = {name: float(v) for name, v in zip(pre.input_columns, x[row], strict=True)}
+            raise InvalidArgument(f"row {row} {values} overflows float32 once preprocessed; send feature values of a realistic magnitude")
+        return preprocess_pb2.TransformResponse(tensor=encode_tensor(y), preprocessor=pre.artifact.identity())
 
     async def GetPreprocessorInfo(self, request: preprocess_pb2.GetPreprocessorInfoRequest, context: grpc.aio.ServicerContext) -> preprocess_pb2.GetPreprocessorInfoResponse:
         pre = self._loaded()
