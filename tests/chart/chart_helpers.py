@@ -284,3 +284,17 @@ def import_kubernetes_validate() -> Any:
     if utils is not None and hasattr(utils, "schema_contents") and not hasattr(utils.schema_contents, "cache_info"):
         utils.schema_contents = functools.lru_cache(maxsize=None)(utils.schema_contents)
     return kv
+
+
+def strict_failures(docs: list[Doc], version: str) -> list[str]:
+    """What `kubernetes-validate --strict` refuses among the core kinds of `docs`."""
+    kv = import_kubernetes_validate()
+    failures = []
+    for doc in docs:
+        if is_custom_resource(doc):
+            continue
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as err:
+            failures.append(f"{doc['kind']}/{doc['metadata']['name']}: {err.message}")
+    return failures

@@ -18,6 +18,7 @@ from chart_helpers import (
     case_docs,
     helm_python,
     import_kubernetes_validate,
+    strict_failures,
     is_custom_resource,
     render_raw,
 )
@@ -71,14 +72,7 @@ def test_expected_kinds_per_case(case: str) -> None:
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_core_kinds_validate_strict(case: str, version: str) -> None:
-    failures = []
-    for doc in case_docs(case):
-        if is_custom_resource(doc):
-            continue
-        try:
-            kubernetes_validate.validate(doc, version, strict=True)
-        except kubernetes_validate.ValidationError as err:
-            failures.append(f"{doc['kind']}/{doc['metadata']['name']}: {err.message}")
+    failures = strict_failures(case_docs(case), version)
     assert not failures, f"Kubernetes {version} strict validation failed:\n" + "\n".join(failures)
 
 

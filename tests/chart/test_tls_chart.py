@@ -20,12 +20,10 @@ from chart_helpers import (
     container,
     find,
     helm_python,
-    import_kubernetes_validate,
-    is_custom_resource,
+    strict_failures,
     render,
 )
 
-kubernetes_validate = import_kubernetes_validate()
 
 Doc = dict[str, Any]
 MOUNT = "/etc/meshserve/tls"
@@ -208,15 +206,8 @@ def test_schema_rejects(values: dict[str, Any], where: str) -> None:
     ids=["shared-secret", "per-service-mutual"],
 )
 def test_tls_objects_validate_strict(values: dict[str, Any], version: str) -> None:
-    failures = []
     docs = render(values)
-    for doc in docs:
-        if is_custom_resource(doc):
-            continue
-        try:
-            kubernetes_validate.validate(doc, version, strict=True)
-        except kubernetes_validate.ValidationError as err:
-            failures.append(f"{doc['kind']}/{doc['metadata']['name']}: {err.message}")
+    failures = strict_failures(docs, version)
     assert not failures, f"Kubernetes {version} strict validation failed:\n" + "\n".join(failures)
     assert find(docs, "Deployment", "meshserve-model") is not None
 
