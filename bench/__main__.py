@@ -98,12 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     tracing_on = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector_port}",
                   "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                   "OTEL_TRACES_SAMPLER_ARG": str(s.trace_sample_ratio)}
-    config = StackConfig(home=s.home, online_store="redis", redis_url=s.redis_url,
-                         ports=dict(zip(names, ports[:4])), metrics_ports=dict(zip(names, ports[4:8])),
-                         extra_env={n: {f"MESHSERVE_{n.upper()}_LOG_LEVEL": "WARNING", **tracing_on} for n in names})
-    off_config = StackConfig(home=s.home, online_store="redis", redis_url=s.redis_url,
-                             ports=dict(zip(names, ports[13:17])), metrics_ports=dict(zip(names, ports[17:21])),
-                             extra_env={n: {f"MESHSERVE_{n.upper()}_LOG_LEVEL": "WARNING", "OTEL_SDK_DISABLED": "true"} for n in names})
+
+    def stack_config(grpc_ports: list[int], metrics_ports: list[int], env: dict[str, str]) -> StackConfig:
+        return StackConfig(home=s.home, online_store="redis", redis_url=s.redis_url,
+                           ports=dict(zip(names, grpc_ports)), metrics_ports=dict(zip(names, metrics_ports)),
+                           extra_env={n: {f"MESHSERVE_{n.upper()}_LOG_LEVEL": "WARNING", **env} for n in names})
+
+    config = stack_config(ports[:4], ports[4:8], tracing_on)
+    off_config = stack_config(ports[13:17], ports[17:21], {"OTEL_SDK_DISABLED": "true"})
     gw, metrics = config.target("gateway"), f"http://127.0.0.1:{config.metrics_ports['gateway']}/metrics"
     echo_t, relay_t, listen_port = f"127.0.0.1:{ports[8]}", f"127.0.0.1:{ports[9]}", ports[10]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from meshserve_feature_repo.definitions import FEATURE_SERVICE
 from meshserve_features.cache import EntityCache
 from meshserve_features.store import OnlineFeatureStore
+from meshserve_runtime.errors import Unavailable
 from tests.fixtures.trained import TrainedHome, feast_settings
 
 # Every demo pair, repeated rows, and unknown drivers/customers.
@@ -74,3 +76,17 @@ def test_cache_is_bounded_and_expires() -> None:
     assert len(cache) == 2 and cache.get("a") is None and cache.get("c") == "c"
     now[0] = 2.0
     assert cache.get("c") is None
+
+
+def test_an_unservable_view_is_unavailable_on_every_read_path(trained: TrainedHome, online_store: str) -> None:
+    """A view Feast would refuse (disabled, not materialized) answers Unavailable, not a bare
+    error, whether the batch is read in a thread or on the event loop."""
+    direct = _store(trained, online_store, read_path="direct")
+    spec = direct.service(FEATURE_SERVICE)
+    reason = "Feature view 'driver_hourly_stats' is disabled and cannot serve features"
+    spec = dataclasses.replace(spec, plan=dataclasses.replace(spec.plan, unservable=reason))
+    with pytest.raises(Unavailable, match="cannot serve features"):
+        direct.read(spec, _keys())
+    if direct.async_reads:
+        with pytest.raises(Unavailable, match="cannot serve features"):
+            asyncio.run(direct.read_async(spec, _keys()))

@@ -29,29 +29,25 @@ class FeaturesService(Service):
 
     def __init__(self, settings: FeaturesSettings) -> None:
         self.settings = settings
-        # Why threads and not Feast's async API: SQLite has no async path in Feast, and one
-        # code path for both stores keeps behaviour identical; a small dedicated pool keeps
-        # reads off the event loop (and off the default pool that load() uses) while Feast's
-        # Python-side decoding, which holds the GIL either way, stays bounded.
+        # Redis is read on the event loop (redis.asyncio; a thread hand-off per call cost more
+        # than the read). SQLite has no async path in Feast: its reads, and the store probes,
+        # go to this small dedicated pool, off the event loop and off the default pool that
+        # load() uses.
         self._executor = ThreadPoolExecutor(max_workers=settings.read_threads, thread_name_prefix="feast-read")
         self.servicer = FeatureServicer(settings.feature_service, settings.max_entities, self._run_read, self._run_async)
         self.store: OnlineFeatureStore | None = None
         self.readiness = StoreReadiness(settings.store_probe_interval_s)
 
     async def _run_read(self, fn: Callable[..., FeatureBatch], *args: object) -> FeatureBatch:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-        except Unavailable as err:
-            # The store went away: not-ready now, not at the next probe (the caller still
-            # gets this UNAVAILABLE with the store's own message).
-            await self.readiness.report(False, err.message)
-            raise
+        return await self._run_async(asyncio.get_running_loop().run_in_executor(self._executor, fn, *args))
 
     async def _run_async(self, read: Awaitable[FeatureBatch]) -> FeatureBatch:
         try:
             return await read
         except Unavailable as err:
-            await self.readiness.report(False, err.message)  # as in _run_read
+            # The store went away: not-ready now, not at the next probe (the caller still
+            # gets this UNAVAILABLE with the store's own message).
+            await self.readiness.report(False, err.message)
             raise
 
     async def _probe(self, store: OnlineFeatureStore) -> None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
@@ -30,7 +31,7 @@ from meshserve_feature_repo.config import FeastSettings
 from meshserve_runtime.errors import Unavailable
 
 from meshserve_features.cache import EntityCache
-from meshserve_features.direct import DirectReader
+from meshserve_features.direct import DirectReader, ReadPlan
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -190,19 +191,13 @@ class OnlineFeatureStore:
         """One online-store read for N rows (blocking: run it off the event loop)."""
         if self._store is None:
             raise Unavailable("the Feast registry is not loaded yet")
-        try:
+        with self._store_errors():
             if self._direct is not None and spec.plan is not None:
-                if spec.plan.unservable:
-                    raise ValueError(spec.plan.unservable)  # what Feast raises, checked once at load
-                values, has, ts = self._direct.read(spec.plan, dict(keys), len(spec.features))
-                return self._finish(spec, values, has, np.full(has.shape, _FEAST_PRESENT, dtype=np.int8), ts)
+                values, has, ts = self._direct.read(_servable(spec.plan), dict(keys), len(spec.features))
+                return self._finish_direct(spec, values, has, ts)
             rows = {k: keys[k].tolist() for k in spec.join_keys}
             n = len(next(iter(rows.values()))) if rows else 0
             resp = self._store.get_online_features(features=spec.feast_service, entity_rows=rows)
-        except Exception as err:
-            if _is_unavailable(err):
-                raise Unavailable(f"online store {self.where} is unavailable: {type(err).__name__}: {err}") from err
-            raise
         return self._to_batch(spec, resp.proto, n)
 
     @property
@@ -214,14 +209,22 @@ class OnlineFeatureStore:
         """read() without a thread: Redis through redis.asyncio (only when async_reads)."""
         if self._store is None or self._direct is None or spec.plan is None:
             raise Unavailable("the Feast registry is not loaded yet")
-        if spec.plan.unservable:
-            raise ValueError(spec.plan.unservable)
+        with self._store_errors():
+            values, has, ts = await self._direct.read_async(_servable(spec.plan), dict(keys), len(spec.features))
+        return self._finish_direct(spec, values, has, ts)
+
+    @contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        """Failures that mean "the online store can't answer now" become Unavailable (both paths)."""
         try:
-            values, has, ts = await self._direct.read_async(spec.plan, dict(keys), len(spec.features))
+            yield
         except Exception as err:
             if _is_unavailable(err):
                 raise Unavailable(f"online store {self.where} is unavailable: {type(err).__name__}: {err}") from err
             raise
+
+    def _finish_direct(self, spec: ServiceSpec, values: np.ndarray, has: np.ndarray, ts: np.ndarray) -> FeatureBatch:
+        # The direct path reads present values only; Feast's own status is PRESENT throughout.
         return self._finish(spec, values, has, np.full(has.shape, _FEAST_PRESENT, dtype=np.int8), ts)
 
     def _to_batch(self, spec: ServiceSpec, proto: Any, n: int) -> FeatureBatch:
@@ -268,6 +271,13 @@ class OnlineFeatureStore:
 
     def close(self) -> None:
         self._store = None
+
+
+def _servable(plan: ReadPlan) -> ReadPlan:
+    """The plan, or the ValueError Feast raises for a view it can't serve (checked once at load)."""
+    if plan.unservable:
+        raise ValueError(plan.unservable)
+    return plan
 
 
 def _fail_fast_redis(store: FeatureStore) -> None:
