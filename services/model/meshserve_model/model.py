@@ -58,11 +58,37 @@ class LoadedModel:
         out = self.module(t)
         return out.detach().to("cpu", torch.float32).numpy().reshape(len(x), -1)
 
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
+        """One forward pass of each size, checking the output shape (raises if it is off)."""
+        for n in sorted(set(batch_sizes)):
+            out = self.predict(np.zeros((n, self.num_features), dtype=np.float32))
+            if out.shape != (n, 1):
+                raise RuntimeError(f"model returned shape {out.shape} for a batch of {n}; expected ({n}, 1)")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """Through the batcher when there is one, else one forward pass of its own."""
         if self.batcher is None:
             return self.predict(x)
         return await self.batcher.infer(x)
+
+
+def configure_threads(num_threads: int) -> None:
+    """Intra-op threads to match the pod's CPU limit; one inter-op thread.
+
+    Call it on every thread that runs forward passes: the intra-op count is per thread
+    (OpenMP), and a thread left at the default gets a pool of nproc threads whose idle
+    workers spin between the tiny forward passes (measured here: a second thread spinning
+    at a third of a core under load, because only the loading thread had been set).
+    """
+    if torch.get_num_threads() != num_threads:
+        torch.set_num_threads(num_threads)
+    if torch.get_num_interop_threads() != 1:
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:
+            pass  # only settable before the first parallel work in this process
 
 
 def _num_features(signature: Any) -> int:
@@ -143,14 +169,7 @@ def load_model(
     from mlflow.models import Model
 
     start = time.perf_counter()
-    # Deliberate: intra-op threads match the pod's CPU limit; inter-op work is
-    # pointless for one small graph and only adds wake-ups.
-    torch.set_num_threads(num_threads)
-    if torch.get_num_interop_threads() != 1:
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:
-            pass  # only settable before the first parallel work in this process
+    configure_threads(num_threads)
     device = select_device(device_preference)
     if artifact is None:
         artifact = resolve_alias(tracking_uri, name, alias)
@@ -168,12 +187,7 @@ def load_model(
     if optimize == "jit_trace":
         module = _traced(module, num_features, device, torch_dtype) or module
     loaded = LoadedModel(artifact, module, device, num_features, platform=f"pytorch_{torch.__version__}", dtype=torch_dtype)
-    for n in sorted(set(warmup_batch_sizes)):
-        out = loaded.predict(np.zeros((n, num_features), dtype=np.float32))
-        if out.shape != (n, 1):
-            raise RuntimeError(f"model returned shape {out.shape} for a batch of {n}; expected ({n}, 1)")
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    loaded.warm_up(warmup_batch_sizes)
     log.info(
         "model loaded",
         extra={**artifact.labels(), "sha256": local.sha256, "signed": local.signed, "device": str(device), "dtype": dtype, "torch_module": type(module).__name__, "warmup_batch_sizes": sorted(set(warmup_batch_sizes)), "features": num_features, "seconds": round(time.perf_counter() - start, 2)},

@@ -17,7 +17,7 @@ from meshserve_runtime.server import Service
 
 from meshserve_model import metrics
 from meshserve_model.batching import Batcher, batch_buckets
-from meshserve_model.model import LoadedModel, load_model
+from meshserve_model.model import LoadedModel, configure_threads, load_model
 from meshserve_model.servicer import InferenceServicer
 from meshserve_model.settings import ModelSettings
 
@@ -55,6 +55,10 @@ class ModelService(Service):
             load_model, s.mlflow_tracking_uri, s.model_name, s.alias, s.device, s.num_threads, warmup, s.dtype, artifact, s.optimize,
             allow_unsigned=s.allow_unsigned_artifacts,
         )
+        # Forward passes run on this (the event loop's) thread, not the loader's: set its
+        # thread count too, and warm it, so the first real call finds it ready.
+        configure_threads(s.num_threads)
+        loaded.warm_up(warmup)
         loaded.batcher = Batcher(loaded.predict, s.max_batch_size, s.max_queue_delay_us, s.max_queue_size)
         return loaded
 
