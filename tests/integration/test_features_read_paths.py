@@ -49,9 +49,30 @@ def test_direct_path_matches_get_online_features(trained: TrainedHome, online_st
     np.testing.assert_array_equal(a.values, b.values)  # bit-identical, NaN where not PRESENT
     assert direct.async_reads == (online_store == "redis")
     if direct.async_reads:  # the service's path on Redis: the same commands on redis.asyncio
-        c = asyncio.run(direct.read_async(direct.service(FEATURE_SERVICE), _keys()))
-        np.testing.assert_array_equal(a.status, c.status)
-        np.testing.assert_array_equal(a.values, c.values)
+        for redis_read in ("script", "pipeline"):
+            reader = _store(trained, online_store, read_path="direct", clock=clock, redis_read=redis_read)
+            c = asyncio.run(reader.read_async(reader.service(FEATURE_SERVICE), _keys()))
+            np.testing.assert_array_equal(a.status, c.status)
+            np.testing.assert_array_equal(a.values, c.values)
+            assert reader._direct is not None and reader._direct.use_script == (redis_read == "script")
+
+
+def test_a_redis_that_refuses_scripts_is_read_by_pipeline(trained: TrainedHome, redis_url: str) -> None:
+    """ACLs or a managed Redis may forbid EVALSHA: the read falls back, same values."""
+    import redis.exceptions as rex
+
+    store = _store(trained, "redis", read_path="direct")
+    assert store._direct is not None and store._direct.use_script
+
+    class Refusing:
+        async def __call__(self, **kwargs: object) -> list:
+            raise rex.ResponseError("NOPERM this user has no permissions to run the 'evalsha' command")
+
+    store._direct._script = Refusing()
+    want = store.read(store.service(FEATURE_SERVICE), _keys())
+    got = asyncio.run(store.read_async(store.service(FEATURE_SERVICE), _keys()))
+    np.testing.assert_array_equal(want.values, got.values)
+    assert not store._direct.use_script
 
 
 def test_cache_serves_identical_values_and_counts_hits(trained: TrainedHome, online_store: str) -> None:

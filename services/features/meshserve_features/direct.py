@@ -4,8 +4,11 @@ get_online_features redoes per call what never changes between calls (resolving 
 feature service's views and their state, grouping feature references, building a
 response proto we then take apart). Here that is done once at load (a ReadPlan); per
 call we only serialize the entity keys with Feast's own helpers and read:
-- Redis: every (entity, feature view) HMGET in ONE pipeline, with Feast's key and field
-  helpers and its reply decoder (the same commands get_online_features sends);
+- Redis: the HMGET of every (entity, feature view), with Feast's key and field helpers
+  (the same commands get_online_features sends), in ONE round trip: by default one
+  EVALSHA of a tiny script that runs those HMGETs inside Redis (one command to pack and
+  one reply to parse, however many entities), else one pipeline; the stored values are
+  decoded straight from Feast's format (a ValueProto per field, a Timestamp per view);
 - any other store (SQLite): the provider's online_read per feature view (a local file read).
 The integration test asserts both paths return identical values on SQLite and Redis.
 """
@@ -13,15 +16,44 @@ The integration test asserts both paths return identical values on SQLite and Re
 from __future__ import annotations
 
 import calendar
+import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+from feast.protos.feast.types.Value_pb2 import Value
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from meshserve_features.cache import EntityCache
 
+log = logging.getLogger("meshserve.features.direct")
+
 _NUMERIC = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool_val"})
+
+#: One read as one command: KEYS are the entity keys view by view; ARGV holds, per view,
+#: its key count, its field count and the fields. Returns one HMGET reply per key, in order
+#: (exactly the pipeline's replies). Read-only, so replicas may run it too.
+HMGET_SCRIPT = """
+local out, k, a = {}, 1, 1
+while a <= #ARGV do
+  local nkeys, nfields = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local fields = {unpack(ARGV, a + 2, a + 1 + nfields)}
+  for _ = 1, nkeys do
+    out[#out + 1] = redis.call('HMGET', KEYS[k], unpack(fields))
+    k = k + 1
+  end
+  a = a + 2 + nfields
+end
+return out
+"""
+
+#: Most (feature view, entity) -> Redis key entries kept (about 150 bytes each).
+REDIS_KEY_CACHE_SIZE = 100_000
+
+#: (values, has value, event timestamp in epoch seconds) of one entity in one view.
+Decoded = tuple[list[float], list[bool], float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +67,8 @@ class ViewPlan:
     """Row of each feature in the FeatureService's feature order."""
     fv_name: str
     hset_keys: tuple[Any, ...] = ()
-    """Redis only: the hash fields Feast stores these features (and the timestamp) under."""
-    redis_fields: tuple[str, ...] = ()
-    """Redis only: the names of those fields, in order, as Feast's reply decoder wants them."""
+    """Redis only: the hash fields Feast stores these features under, in `features` order,
+    then the view's timestamp field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,25 +102,33 @@ class _Job:
     misses: list[list[int]] = field(default_factory=list)
     commands: list[tuple[Any, list[Any]]] = field(default_factory=list)
     spans: list[int] = field(default_factory=list)
+    script_args: list[Any] = field(default_factory=list)
 
 
 def _entity_key(view: ViewPlan, entity: tuple) -> Any:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-    from feast.protos.feast.types.Value_pb2 import Value
 
     vals = [Value(string_val=v) if isinstance(v, str) else Value(int64_val=int(v)) for v in entity]
     return EntityKey(join_keys=list(view.join_keys), entity_values=vals)
 
 
 class DirectReader:
-    def __init__(self, store: Any, redis: bool, cache: EntityCache | None = None) -> None:
+    def __init__(self, store: Any, redis: bool, cache: EntityCache | None = None, redis_read: str = "script") -> None:
         self.store = store
         self.config = store.config
         self.online = store._get_provider().online_store
         self.provider = store._get_provider()
         self.redis = redis
         self.cache = cache
+        # Redis key of each (feature view, entity) seen lately: a pure function of the
+        # entity (Feast's serialization + project), so caching it can never go stale.
+        self._redis_keys: OrderedDict[tuple[str, tuple], bytes] = OrderedDict()
         self._async_client: Any = None
+        self._script: Any = None
+        # The script needs every key on one server: plain Redis only (not a cluster, whose
+        # keys live in different slots, nor Sentinel, left to Feast's own client).
+        redis_type = str(getattr(getattr(self.config.online_store, "redis_type", None), "value", "redis"))
+        self.use_script = redis and redis_read == "script" and redis_type == "redis"
 
     def plan(self, fs: Any, feature_order: tuple[str, ...]) -> ReadPlan:
         views = []
@@ -102,15 +141,14 @@ class DirectReader:
             feats = tuple(f.name for f in proj.features)
             fv_name = fv.name
             hset: tuple[Any, ...] = ()
-            names: tuple[str, ...] = ()
             if self.redis:
                 from feast.infra.online_stores.redis import _versioned_fv_name
 
                 fv_name = _versioned_fv_name(fv, self.config)
-                requested, fields = self.online._generate_hset_keys_for_features(fv, list(feats), fv_name_override=fv_name)
-                hset, names = tuple(fields), tuple(requested)
+                _, fields = self.online._generate_hset_keys_for_features(fv, list(feats), fv_name_override=fv_name)
+                hset = tuple(fields)
             views.append(ViewPlan(fv, tuple(c.name for c in fv.entity_columns), feats,
-                                  tuple(feature_order.index(f) for f in feats), fv_name, hset, names))
+                                  tuple(feature_order.index(f) for f in feats), fv_name, hset))
         return ReadPlan(tuple(views), "; ".join(reasons) or None)
 
     def read(self, plan: ReadPlan, keys: dict[str, np.ndarray], n_features: int) -> tuple[np.ndarray, ...]:
@@ -118,15 +156,15 @@ class DirectReader:
         job = self._prepare(plan, keys, n_features)
         if self.redis:
             replies = self.online._read_hash_fields(self.config, job.commands) if job.commands else []
-            read_rows = self._split_redis(job, replies)
+            decoded = self._split_redis(job, replies)
         else:
-            read_rows = [
-                self.provider.online_read(config=self.config, table=view.fv,
-                                          entity_keys=[_entity_key(view, entities[i]) for i in miss],
-                                          requested_features=list(view.features)) if miss else []
+            decoded = [
+                [_decode_feast(view, row) for row in self.provider.online_read(
+                    config=self.config, table=view.fv, entity_keys=[_entity_key(view, entities[i]) for i in miss],
+                    requested_features=list(view.features))] if miss else []
                 for (view, entities, _, _), miss in zip(job.todo, job.misses, strict=True)
             ]
-        return self._assemble(job, read_rows)
+        return self._assemble(job, decoded)
 
     async def read_async(self, plan: ReadPlan, keys: dict[str, np.ndarray], n_features: int) -> tuple[np.ndarray, ...]:
         """read() for Redis on the event loop: the same commands in one redis.asyncio pipeline.
@@ -138,11 +176,32 @@ class DirectReader:
         replies: list[Any] = []
         if job.commands:
             client = await self.async_client()
-            async with client.pipeline(transaction=False) as pipe:
-                for redis_key, fields in job.commands:
-                    pipe.hmget(redis_key, fields)
-                replies = await pipe.execute()
+            if self.use_script:
+                replies = await self._read_by_script(client, job)
+            if not replies:
+                async with client.pipeline(transaction=False) as pipe:
+                    for redis_key, fields in job.commands:
+                        pipe.hmget(redis_key, fields)
+                    replies = await pipe.execute()
         return self._assemble(job, self._split_redis(job, replies))
+
+    async def _read_by_script(self, client: Any, job: _Job) -> list[Any]:
+        """The job's HMGETs as one EVALSHA; [] when this Redis refuses scripts (then never again).
+
+        Measured (make bench, 100 entities): packing and parsing one command instead of one
+        per (entity, view) cut the read's CPU by more than half. redis-py's Script loads the
+        script by itself when the server does not have it cached (after a restart, say).
+        """
+        import redis.exceptions as rex
+
+        if self._script is None:
+            self._script = client.register_script(HMGET_SCRIPT)
+        try:
+            return await self._script(keys=[k for k, _ in job.commands], args=job.script_args)
+        except rex.ResponseError as err:  # e.g. ACLs without EVALSHA, scripting disabled
+            log.warning("Redis refused the read script; reading by pipeline from now on", extra={"error": str(err)})
+            self.use_script = False
+            return []
 
     async def async_client(self) -> Any:
         """Feast's own redis.asyncio client for this store (same connection settings)."""
@@ -162,41 +221,59 @@ class DirectReader:
         n = len(next(iter(keys.values())))
         job = _Job(np.full((n_features, n), np.nan), np.zeros((n_features, n), dtype=bool), np.zeros((n_features, n)))
         for view in plan.views:
-            cols = [keys[k] for k in view.join_keys]
-            if len(cols) == 1:
-                uniq, inverse = np.unique(cols[0], return_inverse=True)
-                entities = [(v,) for v in uniq.tolist()]
-            else:
-                stacked = np.rec.fromarrays(cols)
-                uniq, inverse = np.unique(stacked, return_inverse=True)
-                entities = [tuple(u) for u in uniq.tolist()]
+            # Unique entities in first-seen order, and each row's index among them (a dict:
+            # cheaper than np.unique at the sizes a request carries).
+            first: dict[tuple, int] = {}
+            inverse = np.fromiter((first.setdefault(e, len(first)) for e in zip(*(keys[k].tolist() for k in view.join_keys))),
+                                  dtype=np.intp, count=n)
+            entities = list(first)
             cached = [self.cache.get((view.fv_name, e)) if self.cache is not None else None for e in entities]
             job.todo.append((view, entities, inverse, cached))
             job.misses.append([i for i, c in enumerate(cached) if c is None])
         if self.redis:
             for (view, entities, _, _), miss in zip(job.todo, job.misses, strict=True):
-                rkeys = self.online._generate_redis_keys_for_entities(self.config, [_entity_key(view, entities[i]) for i in miss])
+                rkeys = self._keys_of(view, [entities[i] for i in miss])
                 job.spans.append(len(rkeys))
                 job.commands += [(k, list(view.hset_keys)) for k in rkeys]
+                if rkeys:
+                    job.script_args += [len(rkeys), len(view.hset_keys), *view.hset_keys]
         return job
 
-    def _split_redis(self, job: _Job, replies: list[Any]) -> list[list[Any]]:
-        """HMGET replies -> Feast's (event_ts, {feature: Value}) rows, per view."""
-        offset = 0
-        read_rows = []
-        for (view, _, _, _), span in zip(job.todo, job.spans, strict=True):
-            chunk = replies[offset:offset + span]
-            offset += span
-            read_rows.append(self.online._convert_redis_values_to_protobuf(chunk, view.fv_name, list(view.redis_fields)) if chunk else [])
-        return read_rows
+    def _keys_of(self, view: ViewPlan, entities: list[tuple]) -> list[bytes]:
+        """Redis keys of these entities (Feast's own key helper for the ones not seen lately)."""
+        known = self._redis_keys
+        out: list[bytes | None] = []
+        todo: list[int] = []
+        for i, e in enumerate(entities):
+            k = known.get((view.fv_name, e))
+            out.append(k)
+            if k is None:
+                todo.append(i)
+        if todo:
+            made = self.online._generate_redis_keys_for_entities(self.config, [_entity_key(view, entities[i]) for i in todo])
+            for i, k in zip(todo, made, strict=True):
+                out[i] = k
+                known[(view.fv_name, entities[i])] = k
+            while len(known) > REDIS_KEY_CACHE_SIZE:
+                known.popitem(last=False)
+        return out  # type: ignore[return-value]
 
-    def _assemble(self, job: _Job, read_rows: list[list[Any]]) -> tuple[np.ndarray, ...]:
+    def _split_redis(self, job: _Job, replies: list[Any]) -> list[list[Decoded]]:
+        """HMGET replies -> decoded rows, per view."""
+        offset = 0
+        decoded = []
+        for span in job.spans:
+            decoded.append(_decode_redis(replies[offset:offset + span]))
+            offset += span
+        return decoded
+
+    def _assemble(self, job: _Job, decoded: list[list[Decoded]]) -> tuple[np.ndarray, ...]:
         values, has, ts = job.values, job.has, job.ts
-        for (view, entities, inverse, cached), miss, rows in zip(job.todo, job.misses, read_rows, strict=True):
+        for (view, entities, inverse, cached), miss, rows in zip(job.todo, job.misses, decoded, strict=True):
             for i, row in zip(miss, rows, strict=True):
-                cached[i] = self._decode(view, row)
+                cached[i] = row
                 if self.cache is not None:
-                    self.cache.put((view.fv_name, entities[i]), cached[i])
+                    self.cache.put((view.fv_name, entities[i]), row)
             u_vals = np.array([c[0] for c in cached]).T  # [view features, unique entities]
             u_has = np.array([c[1] for c in cached]).T
             u_ts = np.array([c[2] for c in cached])
@@ -206,20 +283,50 @@ class DirectReader:
             ts[r] = u_ts[inverse]
         return values, has, ts
 
-    @staticmethod
-    def _decode(view: ViewPlan, row: tuple[Any, Any]) -> tuple[list[float], list[bool], float]:
-        event_ts, data = row
-        vals, has = [], []
-        for f in view.features:
-            v = data.get(f) if data else None
+
+def _decode_feast(view: ViewPlan, row: tuple[Any, Any]) -> Decoded:
+    """A row as Feast's online_read returns it: (event datetime, {feature: ValueProto})."""
+    event_ts, data = row
+    vals, has = [], []
+    for f in view.features:
+        v = data.get(f) if data else None
+        kind = v.WhichOneof("val") if v is not None else None
+        if kind in _NUMERIC:
+            vals.append(float(getattr(v, kind)))
+            has.append(True)
+        else:
+            vals.append(float("nan"))
+            has.append(False)
+    return vals, has, _seconds(event_ts)
+
+
+def _decode_redis(replies: list[list[bytes | None]]) -> list[Decoded]:
+    """HMGET replies of one view in Feast's Redis format: per entity, a serialized ValueProto
+    per feature, then the view's serialized Timestamp (what Feast's own reply decoder reads,
+    without building a dict of protos and a datetime per entity)."""
+    parse_value, parse_ts, numeric, nan = Value.FromString, Timestamp.FromString, _NUMERIC, float("nan")
+    out: list[Decoded] = []
+    for reply in replies:
+        vals: list[float] = []
+        has: list[bool] = []
+        for raw in reply[:-1]:
+            v = parse_value(raw) if raw else None
             kind = v.WhichOneof("val") if v is not None else None
-            if kind in _NUMERIC:
+            if kind in numeric:
                 vals.append(float(getattr(v, kind)))
                 has.append(True)
             else:
-                vals.append(float("nan"))
+                vals.append(nan)
                 has.append(False)
-        return vals, has, _seconds(event_ts)
+        raw_ts = reply[-1]
+        if raw_ts:
+            t = parse_ts(raw_ts)
+            # Feast rounds its datetime to microseconds; so do we (same TTL decisions).
+            seconds = round(t.seconds + t.nanos / 1_000_000_000.0, 6)
+        else:
+            seconds = 0.0
+        out.append((vals, has, seconds))
+    return out
 
 
 def _seconds(ts: datetime | None) -> float:

@@ -36,6 +36,10 @@ class FeaturesSettings(ServerSettings, FeastSettings):
     read_path: Literal["direct", "feast"] = "direct"
     """How a batch is read: direct (Feast's online-store API with everything resolvable resolved
     at load; one round trip; measured faster, same values) or feast (get_online_features)."""
+    redis_read: Literal["script", "pipeline"] = "script"
+    """How the direct path reads Redis in its one round trip: script (one EVALSHA running every HMGET
+    inside Redis; plain Redis only, and a server that refuses scripts falls back by itself) or
+    pipeline (one HMGET per entity and feature view, as Feast sends them)."""
     cache_ttl_s: float = Field(default=0.0, ge=0)
     """Keep rows of hot entities this long in memory (0: no cache; a hit can be this much staler
     than the store). Only with read_path=direct; hit rate in meshserve_feature_cache_lookups_total."""

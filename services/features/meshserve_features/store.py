@@ -47,6 +47,9 @@ class Status(IntEnum):
     OUTSIDE_MAX_AGE = 3
 
 
+# As np.int8 constants: IntEnum attribute access is slow on a per-request path.
+_PRESENT, _NOT_FOUND, _OUTSIDE_MAX_AGE = (np.int8(s) for s in (Status.PRESENT, Status.NOT_FOUND, Status.OUTSIDE_MAX_AGE))
+
 # feast.protos.feast.serving.ServingService_pb2.FieldStatus numbers.
 _FEAST_PRESENT = 1
 _FEAST_OUTSIDE_MAX_AGE = 4
@@ -106,8 +109,10 @@ class OnlineFeatureStore:
         clock: Callable[[], float] = time.time,
         read_path: str = "direct",
         cache: EntityCache | None = None,
+        redis_read: str = "script",
     ) -> None:
         self.settings = settings
+        self.redis_read = redis_read
         self.enforce_ttl = enforce_ttl
         if read_path not in ("direct", "feast"):
             raise ValueError(f"read_path must be 'direct' or 'feast', got {read_path!r}")
@@ -133,7 +138,8 @@ class OnlineFeatureStore:
         if self.settings.online_store == "redis":
             _fail_fast_redis(store)
         if self.read_path == "direct":
-            self._direct = DirectReader(store, redis=self.settings.online_store == "redis", cache=self.cache)
+            self._direct = DirectReader(store, redis=self.settings.online_store == "redis", cache=self.cache,
+                                        redis_read=self.redis_read)
         services = {fs.name: self._resolve(store, fs) for fs in store.list_feature_services()}
         if probe_service not in services:
             raise LookupError(
@@ -265,8 +271,9 @@ class OnlineFeatureStore:
             expired = present & (ts < self.clock() - spec.ttl_limits)
             present &= ~expired
             too_old |= expired
-        status = np.where(present, np.int8(Status.PRESENT), np.where(too_old, np.int8(Status.OUTSIDE_MAX_AGE), np.int8(Status.NOT_FOUND)))
-        values[~present] = np.nan
+        status = np.where(present, _PRESENT, np.where(too_old, _OUTSIDE_MAX_AGE, _NOT_FOUND))
+        if not present.all():
+            values[~present] = np.nan
         return FeatureBatch(spec.features, values, status.astype(np.int8, copy=False))
 
     def close(self) -> None:
