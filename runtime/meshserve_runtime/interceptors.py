@@ -47,6 +47,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, service: str, access_log: bool = False) -> None:
         self._service = service
         self._access_log = access_log
+        # method -> (the handler function wrapped, its wrapper): built once per method, not
+        # per call (closures, labelled metrics). Bounded by the methods the server has.
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -57,12 +60,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or handler.unary_unary is None:
             return handler
         full_method = handler_call_details.method
+        cached = self._wrapped.get(full_method)
+        if cached is not None and cached[0] is handler.unary_unary:
+            return cached[1]
+        wrapped = self._wrap(full_method, handler)
+        self._wrapped[full_method] = (handler.unary_unary, wrapped)
+        return wrapped
+
+    def _wrap(self, full_method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         rpc_service, _, method = full_method.lstrip("/").rpartition("/")
         inner = handler.unary_unary
         service = self._service
         access_log = self._access_log
         in_flight = RPC_IN_FLIGHT.labels(service, method)
         duration = RPC_DURATION.labels(service, method)
+        ok_requests = RPC_REQUESTS.labels(service, method, grpc.StatusCode.OK.name)
         traced = rpc_service not in UNTRACED_SERVICES
         span_name = full_method.lstrip("/")
         span_attributes = {"rpc.system": "grpc", "rpc.service": rpc_service, "rpc.method": method}
@@ -119,7 +131,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 duration.observe(elapsed)
                 if not isinstance(code, grpc.StatusCode):
                     code = grpc.StatusCode.UNKNOWN
-                RPC_REQUESTS.labels(service, method, code.name).inc()
+                (ok_requests if code is grpc.StatusCode.OK else RPC_REQUESTS.labels(service, method, code.name)).inc()
                 if access_log:
                     # Logged while the span is still current, so the line carries its ids.
                     log.info(

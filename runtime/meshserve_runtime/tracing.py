@@ -24,8 +24,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -48,28 +46,47 @@ _configured = False
 # objects cost tens of microseconds per hop). Enabled by configure_tracing() only when
 # both hold; baggage is not carried on that path (meshserve sets none).
 _fast_unsampled = False
+# With no exporter the sampler is parent-based always-off: new traces are never recorded
+# either, so their root spans skip the SDK too (ids only).
+_roots_unsampled = False
 _rng = random.Random()
 
 
-@contextmanager
-def span(name: str, *, parent: Any = None, links: Any = None, **attributes: Any) -> Iterator[trace.Span]:
+class span:
     """A child span of the current one, e.g. `with span("forward", batch_size=n): ...`.
 
     `parent` (an OpenTelemetry Context, from `current_context()`) parents it elsewhere:
     work done for several calls at once (a batch) hangs under the call that opened it
-    and `links` the others.
+    and `links` the others. A class rather than a generator context manager: it is on
+    every request's path several times, and its unsampled case must cost next to nothing.
     """
-    if _fast_unsampled:
-        current = trace.get_current_span(parent)
-        if not current.get_span_context().trace_flags.sampled:
-            # Under a parent-based sampler a child of an unsampled span is dropped anyway:
-            # skip the SDK (tens of microseconds per span, several spans per request).
-            yield current
-            return
-    with _tracer.start_as_current_span(
-        name, context=parent, links=links, attributes={f"meshserve.{k}": v for k, v in attributes.items()}
-    ) as s:
-        yield s
+
+    __slots__ = ("_name", "_parent", "_links", "_attributes", "_cm")
+
+    def __init__(self, name: str, *, parent: Any = None, links: Any = None, **attributes: Any) -> None:
+        self._name = name
+        self._parent = parent
+        self._links = links
+        self._attributes = attributes
+        self._cm: Any = None
+
+    def __enter__(self) -> trace.Span:
+        if _fast_unsampled:
+            current = trace.get_current_span(self._parent)
+            if not current.get_span_context().trace_flags.sampled:
+                # Under a parent-based sampler a child of an unsampled span is dropped anyway:
+                # skip the SDK (tens of microseconds per span, several spans per request).
+                return current
+        self._cm = _tracer.start_as_current_span(
+            self._name, context=self._parent, links=self._links,
+            attributes={f"meshserve.{k}": v for k, v in self._attributes.items()},
+        )
+        return self._cm.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        if self._cm is not None:
+            return self._cm.__exit__(*exc)
+        return None
 
 
 def current_context() -> Any:
@@ -127,7 +144,7 @@ def configure_tracing(service_name: str) -> bool:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased, _get_from_env_or_default
 
-    global _fast_unsampled
+    global _fast_unsampled, _roots_unsampled
 
     exporter_names = [n.strip().lower() for n in _env("OTEL_TRACES_EXPORTER", "none").split(",") if n.strip()]
     exporters = [e for e in (_make_exporter(n) for n in exporter_names) if e is not None]
@@ -150,6 +167,7 @@ def configure_tracing(service_name: str) -> bool:
     _configured = True
     propagators = _env("OTEL_PROPAGATORS", "tracecontext,baggage").replace(" ", "").lower()
     _fast_unsampled = isinstance(sampler, ParentBased) and propagators in ("tracecontext", "tracecontext,baggage")
+    _roots_unsampled = _fast_unsampled and not exporters and not _env("OTEL_TRACES_SAMPLER")
     log.info(
         "tracing configured",
         extra={"exporters": exporter_names or ["none"], "sampler": sampler.get_description(), "service_name": attributes["service.name"]},
@@ -203,6 +221,9 @@ def start_server_span(name: str, metadata: Any, attributes: dict[str, Any]) -> t
             elif key == "baggage":
                 baggage = True
     if traceparent is None:
+        if _roots_unsampled:
+            # A new trace that nothing records (no exporter): fresh ids, as the SDK would make.
+            return NonRecordingSpan(SpanContext(_rng.getrandbits(128) or 1, _rng.getrandbits(64) or 1, is_remote=False))
         # A new trace (the gateway's callers): the sampler decides.
         return _tracer.start_span(name, kind=SpanKind.SERVER, attributes=attributes)
     if _fast_unsampled and not baggage:
