@@ -424,9 +424,10 @@ def test_model_process_refuses_tampered_artifacts_at_start_and_on_reload(reg: Re
                 health = health_pb2_grpc.HealthStub(ch)
                 stub = v2_grpc.GRPCInferenceServiceStub(ch)
                 _wait_for(log_path, proc, reg.first.model_sha256.encode())  # refused, naming the expected digest
+                # The runner's line with the error's message comes right after: wait for it too.
+                _wait_for(log_path, proc, f"{MODEL} version {first}".encode())
                 text = log_path.read_text()
                 assert "refusing an artifact whose digest does not match the registry" in text
-                assert f"{MODEL} version {first}" in text
                 assert health.Check(own, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
                 with pytest.raises(grpc.RpcError) as info:
                     stub.ModelInfer(request, timeout=5)
