@@ -146,9 +146,36 @@ class Stack:
         return env
 
     def start(self) -> None:
+        self.check_ports_free()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for service in HEALTH_NAMES:
             self.start_service(service)
+
+    def check_ports_free(self) -> None:
+        """StackError naming every port already taken (e.g. by a stack still running).
+
+        Checked before anything starts: otherwise a service that cannot bind exits, while the
+        readiness check may already have been answered by whatever holds its port.
+        """
+        c = self.config
+        wanted = [(f"{s} gRPC", c.ports.get(s, 0)) for s in HEALTH_NAMES]
+        wanted += [(f"{s} metrics", c.metrics_ports.get(s, 0)) for s in HEALTH_NAMES]
+        wanted += [(f"{s} health", c.health_ports.get(s, 0)) for s in HEALTH_NAMES]
+        taken = []
+        for what, port in wanted:
+            if not port:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+                try:
+                    probe.bind((c.host, port))
+                except OSError:
+                    taken.append(f"{what} {c.host}:{port}")
+        if taken:
+            raise StackError(
+                f"port(s) already in use: {', '.join(taken)}; stop what holds them (another `make run`?) "
+                "or choose other ports"
+            )
 
     def start_service(self, service: str) -> None:
         """Start (or restart) one service's process."""
