@@ -24,6 +24,10 @@ from opentelemetry.trace import Status, StatusCode
 from meshserve_runtime.tracing import start_client_span
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+#: Longest wait between reconnection attempts to a peer that went away (a restarted pod).
+#: The chart's rollingUpdate.minReadySeconds stays above it, so every client has reconnected
+#: to a new pod before the next old one leaves.
+MAX_RECONNECT_BACKOFF_MS = 2_000
 
 
 def service_config(retry_attempts: int = 3, health_service: str | None = None) -> str:
@@ -184,7 +188,7 @@ def create_channel(
         ("grpc.service_config", service_config(retry_attempts, health_service)),
         # Reconnect quickly after a pod restarts instead of the default 20 s+ backoff.
         ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2_000),
+        ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if credentials is not None:
         if server_name:

@@ -9,6 +9,7 @@ generator does the same over the two gateways. Assertions are about outcomes onl
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.chaos
 SERVING = health_pb2.HealthCheckResponse.SERVING
 #: Generous: the machine is shared, and a failed call is what these tests look for, not speed.
 CALL_TIMEOUT_S = 20.0
+#: The chart's rollingUpdate.minReadySeconds.
+MIN_READY_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +96,12 @@ def test_rolling_restart_of_every_replica_loses_nothing(replicas: Replicas, reco
             stack.wait_service_ready(svc)
             restarted[key] = (old_pid, stack.procs[svc].pid)
             # Before the next one goes down, this one serves again (else the next restart
-            # would leave no replica, which no rolling update does).
+            # would leave no replica, which no rolling update does) ...
             assert wait_until(lambda: replicas.served(i, svc) >= 3, 120, interval=0.5), f"{key} got no calls after its restart"
+            # ... and has been for the chart's minReadySeconds: one gateway sending it calls
+            # does not mean the other has reconnected (its backoff reaches 2 s while the
+            # replica is down); a Deployment waits minReadySeconds for exactly that.
+            time.sleep(MIN_READY_S)
         mark = load.result.statuses["OK"]
         assert load.wait_for(lambda r: r.statuses["OK"] >= mark + 20, 120)
     r = load.result

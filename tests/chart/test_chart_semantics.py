@@ -85,6 +85,19 @@ def test_each_service_has_main_and_headless_service(docs: list[Doc]) -> None:
         assert find(docs, "Service", f"{RELEASE}-{svc}-headless") is not None
 
 
+def test_rollouts_wait_for_clients_to_reconnect(docs: list[Doc], values: dict[str, Any]) -> None:
+    """A new pod counts as available only after the clients' longest reconnect backoff, so
+    a rolling update never removes the last pod some gateway is connected to."""
+    from meshserve_runtime.channels import MAX_RECONNECT_BACKOFF_MS
+
+    wanted = values.get("rollingUpdate", {}).get("minReadySeconds", 5)
+    for dep in by_kind(docs, "Deployment"):
+        assert dep["spec"]["minReadySeconds"] == wanted, dep["metadata"]["name"]
+        assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    defaults = render({})
+    assert all(d["spec"]["minReadySeconds"] * 1000 > MAX_RECONNECT_BACKOFF_MS for d in by_kind(defaults, "Deployment"))
+
+
 def test_pdb_and_spread_select_exactly_their_deployment(docs: list[Doc]) -> None:
     for pdb in by_kind(docs, "PodDisruptionBudget"):
         selected = deployments_selected(docs, pdb["spec"]["selector"]["matchLabels"])
