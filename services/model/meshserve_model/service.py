@@ -56,9 +56,11 @@ class ModelService(Service):
             allow_unsigned=s.allow_unsigned_artifacts,
         )
         # Forward passes run on this (the event loop's) thread, not the loader's: set its
-        # thread count too, and warm it, so the first real call finds it ready.
+        # thread count too, and run one small pass here so the thread's own state (its
+        # OpenMP team) exists before the first real call. One pass, not every bucket: the
+        # loader warmed those, and this blocks the loop (the old version, during a reload).
         configure_threads(s.num_threads)
-        loaded.warm_up(warmup)
+        loaded.warm_up((1,))
         loaded.batcher = Batcher(loaded.predict, s.max_batch_size, s.max_queue_delay_us, s.max_queue_size)
         return loaded
 
