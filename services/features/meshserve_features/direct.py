@@ -34,7 +34,8 @@ _NUMERIC = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool
 
 #: One read as one command: KEYS are the entity keys view by view; ARGV holds, per view,
 #: its key count, its field count and the fields. Returns one HMGET reply per key, in order
-#: (exactly the pipeline's replies). Read-only, so replicas may run it too.
+#: (exactly the pipeline's replies). It only reads; Redis runs a script atomically, so it
+#: holds the server while its HMGETs run (what the pipeline's commands cost it anyway).
 HMGET_SCRIPT = """
 local out, k, a = {}, 1, 1
 while a <= #ARGV do
