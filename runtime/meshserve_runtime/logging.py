@@ -9,6 +9,7 @@ in CALLER by the gateway's authentication) carry `caller`.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from contextvars import ContextVar
 
@@ -61,6 +62,11 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
         )
     else:
         handler.setFormatter(_PlainFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    if json_lines:
+        # stderr is the service's log stream, one JSON object per line: MLflow's artifact
+        # download progress bars (tqdm, on by default) would interleave lines no log
+        # pipeline can parse. An explicit setting still wins.
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

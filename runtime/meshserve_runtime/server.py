@@ -45,6 +45,10 @@ TRACE_SERVICE_NAMES = {
 }
 
 
+class StartupError(RuntimeError):
+    """The service cannot start as configured (e.g. its port is taken): a one-line reason, exit 2."""
+
+
 #: Flips the service's own health name (True: SERVING); see ServiceRunner.set_ready.
 ReadinessCallback = Callable[[bool], Awaitable[None]]
 
@@ -141,22 +145,29 @@ class ServiceRunner:
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, self.server)
         address = f"{s.host}:{s.port}"
-        self.port = self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise RuntimeError(f"could not bind {s.host}:{s.port}")
+        self.port = _bind(
+            lambda: self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address),
+            "gRPC", address, setting_name(s, "port"),
+        )
         if s.health_port:
             # The same HealthServicer, so both ports always report the same status.
             self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=64)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            self.health_port = self.health_server.add_insecure_port(f"{s.host}:{s.health_port}")
-            if self.health_port == 0:
-                raise RuntimeError(f"could not bind the health port {s.host}:{s.health_port}")
+            health_address = f"{s.host}:{s.health_port}"
+            self.health_port = _bind(lambda: self.health_server.add_insecure_port(health_address), "health", health_address, setting_name(s, "health_port"))
         await self.health.set(self.service.name, NOT_SERVING)
         READY.labels(self.service.name).set(0)
+        # Bound before the gRPC server starts, so a taken port stops a process with nothing running.
+        try:
+            start_metrics_server(s.host, s.metrics_port)
+        except OSError as err:
+            raise StartupError(
+                f"could not bind the metrics port {s.host}:{s.metrics_port} ({err.strerror or err}); "
+                f"is another process using it? (setting {setting_name(s, 'metrics_port')})"
+            ) from None
         await self.server.start()
         if self.health_server is not None:
             await self.health_server.start()
-        start_metrics_server(s.host, s.metrics_port)
         log.info(
             "listening",
             extra={
@@ -233,12 +244,23 @@ class ServiceRunner:
         await self.drain()
 
 
+def _bind(add_port: Callable[[], int], what: str, address: str, setting: str) -> int:
+    """Bind one gRPC port; a port in use (or an unusable address) is a StartupError naming it."""
+    try:
+        port = add_port()
+    except RuntimeError as err:  # grpc raises "Failed to bind to address ..."
+        raise StartupError(f"could not bind the {what} port {address}; is another process using it? (setting {setting}): {err}") from None
+    if port == 0:
+        raise StartupError(f"could not bind the {what} port {address} (setting {setting})")
+    return port
+
+
 def serve(service: Service, settings: ServerSettings) -> None:
     """Process entry point: configure logging and run the service until signalled."""
     configure_logging(settings.log_level, settings.log_json)
     try:
         asyncio.run(ServiceRunner(service, settings).run())
-    except TLSConfigError as err:
+    except (TLSConfigError, StartupError) as err:
         # A configuration mistake, not a crash: one line that names the setting, exit 2.
         log.critical("cannot start: %s", err)
         raise SystemExit(2) from None
