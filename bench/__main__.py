@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             results["floors"][f"store_{path}"] = [inprocess_meshserve(s.home, s.redis_url, n, s.floor_seconds / 2, path) for n in (1, 100)]
         fwd = tmp / "forward.json"
         subprocess.run([sys.executable, "-m", "bench.forward", str(fwd), str(s.floor_seconds)], cwd=REPO, check=True,
-                       env={**os.environ, "MESHSERVE_HOME": str(s.home)})
+                       env={**os.environ, "MESHSERVE_HOME": str(s.home), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
         results["floors"]["forward"] = json.loads(fwd.read_text())
 
     spans = tmp / "spans.txt"
