@@ -67,6 +67,8 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
         # download progress bars (tqdm, on by default) would interleave lines no log
         # pipeline can parse. An explicit setting still wins.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Python warnings (numpy, libraries) as log records of "py.warnings", not raw stderr text.
+    logging.captureWarnings(True)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

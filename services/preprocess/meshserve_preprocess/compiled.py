@@ -30,7 +30,11 @@ class CompiledTransform:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         # ONNX-ML's Imputer has no double kernel: the graph computes in float32, the
         # precision the model consumes anyway; the load-time check bounds the difference.
-        return self._session.run(None, {self._input: x.astype(np.float32)})[0]
+        # A value past float32's range becomes inf here on purpose: the servicer refuses
+        # non-finite outputs with INVALID_ARGUMENT, so numpy's warning is only noise.
+        with np.errstate(over="ignore"):
+            x32 = x.astype(np.float32)
+        return self._session.run(None, {self._input: x32})[0]
 
 
 def compile_pipeline(pipeline: Any, num_columns: int) -> CompiledTransform:
