@@ -91,7 +91,11 @@ def test_gateway_sigterm_loses_no_accepted_request(chaos_stack: Stack, record) -
     assert code == 0
     assert r.lost == 0
     # In-flight calls finish; new ones are refused (UNAVAILABLE) until the new process is up.
-    assert set(r.statuses) <= {"OK", "UNAVAILABLE"}, r.statuses
+    # Calls that reach grpc-core in the instant the server stops accepting, before a handler
+    # took them, are answered CANCELLED instead (grpc/grpc#41785, open): an answer a client
+    # can retry (the README says to), never silence; here a handful of ~1,000 at most.
+    assert set(r.statuses) <= {"OK", "UNAVAILABLE", "CANCELLED"}, r.statuses
+    assert r.statuses["CANCELLED"] <= max(5, r.answered // 100), r.statuses
 
 
 def test_burst_past_capacity_is_refused_at_once_and_recovers(trained, record) -> None:
