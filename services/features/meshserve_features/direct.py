@@ -18,6 +18,7 @@ from __future__ import annotations
 import calendar
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,6 +32,7 @@ from meshserve_features.cache import EntityCache
 log = logging.getLogger("meshserve.features.direct")
 
 _NUMERIC = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool_val"})
+_NAN = float("nan")
 
 #: One read as one command: KEYS are the entity keys view by view; ARGV holds, per view,
 #: its key count, its field count and the fields. Returns one HMGET reply per key, in order
@@ -293,19 +295,26 @@ class DirectReader:
         return values, has, ts
 
 
-def _decode_feast(view: ViewPlan, row: tuple[Any, Any]) -> Decoded:
-    """A row as Feast's online_read returns it: (event datetime, {feature: ValueProto})."""
-    event_ts, data = row
-    vals, has = [], []
-    for f in view.features:
-        v = data.get(f) if data else None
+def numeric_values(values: Iterable[Any]) -> tuple[list[float], list[bool]]:
+    """Feast ValueProtos (None: no value) -> floats and has-value flags; a value of any
+    non-numeric kind, or unset, is NaN / False. The one place both read paths decode values."""
+    vals: list[float] = []
+    has: list[bool] = []
+    for v in values:
         kind = v.WhichOneof("val") if v is not None else None
         if kind in _NUMERIC:
             vals.append(float(getattr(v, kind)))
             has.append(True)
         else:
-            vals.append(float("nan"))
+            vals.append(_NAN)
             has.append(False)
+    return vals, has
+
+
+def _decode_feast(view: ViewPlan, row: tuple[Any, Any]) -> Decoded:
+    """A row as Feast's online_read returns it: (event datetime, {feature: ValueProto})."""
+    event_ts, data = row
+    vals, has = numeric_values(data.get(f) if data else None for f in view.features)
     return vals, has, _seconds(event_ts)
 
 
@@ -313,23 +322,13 @@ def _decode_redis(replies: list[list[bytes | None]]) -> list[Decoded]:
     """HMGET replies of one view in Feast's Redis format: per entity, a serialized ValueProto
     per feature, then the view's serialized Timestamp (what Feast's own reply decoder reads,
     without building a dict of protos and a datetime per entity)."""
-    parse_value, parse_ts, numeric, nan = Value.FromString, Timestamp.FromString, _NUMERIC, float("nan")
+    parse_value = Value.FromString
     out: list[Decoded] = []
     for reply in replies:
-        vals: list[float] = []
-        has: list[bool] = []
-        for raw in reply[:-1]:
-            v = parse_value(raw) if raw else None
-            kind = v.WhichOneof("val") if v is not None else None
-            if kind in numeric:
-                vals.append(float(getattr(v, kind)))
-                has.append(True)
-            else:
-                vals.append(nan)
-                has.append(False)
+        vals, has = numeric_values(parse_value(raw) if raw else None for raw in reply[:-1])
         raw_ts = reply[-1]
         if raw_ts:
-            t = parse_ts(raw_ts)
+            t = Timestamp.FromString(raw_ts)
             # Feast rounds its datetime to microseconds; so do we (same TTL decisions).
             seconds = round(t.seconds + t.nanos / 1_000_000_000.0, 6)
         else:

@@ -31,7 +31,7 @@ from meshserve_feature_repo.config import FeastSettings
 from meshserve_runtime.errors import Unavailable
 
 from meshserve_features.cache import EntityCache
-from meshserve_features.direct import DirectReader, ReadPlan
+from meshserve_features.direct import DirectReader, ReadPlan, numeric_values
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -53,7 +53,6 @@ _PRESENT, _NOT_FOUND, _OUTSIDE_MAX_AGE = (np.int8(s) for s in (Status.PRESENT, S
 # feast.protos.feast.serving.ServingService_pb2.FieldStatus numbers.
 _FEAST_PRESENT = 1
 _FEAST_OUTSIDE_MAX_AGE = 4
-_NUMERIC_VALUE_KINDS = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool_val"})
 
 # Frame column kind each Feast join-key type must arrive as.
 KEY_KIND_INT64 = "int64_values"
@@ -235,7 +234,6 @@ class OnlineFeatureStore:
 
     def _to_batch(self, spec: ServiceSpec, proto: Any, n: int) -> FeatureBatch:
         index = {name: i for i, name in enumerate(proto.metadata.feature_names.val)}
-        nan = float("nan")
         raw: list[float] = []
         has_value: list[bool] = []
         feast_status: list[int] = []
@@ -243,14 +241,9 @@ class OnlineFeatureStore:
         # One Python pass over the protos, then numpy over the whole [features, rows] block.
         for name in spec.features:
             vec = proto.results[index[name]]
-            for v in vec.values:
-                kind = v.WhichOneof("val")
-                if kind in _NUMERIC_VALUE_KINDS:
-                    raw.append(getattr(v, kind))
-                    has_value.append(True)
-                else:
-                    raw.append(nan)
-                    has_value.append(False)
+            vals, has = numeric_values(vec.values)
+            raw.extend(vals)
+            has_value.extend(has)
             feast_status.extend(vec.statuses)
             ts.extend([t.seconds + t.nanos * 1e-9 for t in vec.event_timestamps])
         shape = (len(spec.features), n)
