@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     train_if_needed(s)
 
-    ports = free_ports(21)
+    ports = free_ports(24)
     names = list(HEALTH_NAMES)
     collector_port = ports[12]
     # Observability ON as a cluster runs it with `tracing.enabled=true`: metrics, trace ids,
@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     off_config = stack_config(ports[13:17], ports[17:21], {"OTEL_SDK_DISABLED": "true"})
     gw, metrics = config.target("gateway"), f"http://127.0.0.1:{config.metrics_ports['gateway']}/metrics"
     echo_t, relay_t, listen_port = f"127.0.0.1:{ports[8]}", f"127.0.0.1:{ports[9]}", ports[10]
+    # The pipeline-shaped chain: a relay whose three hops go to three distinct echo servers
+    # (the first one and two more), as the gateway's go to features, preprocess and model.
+    echo3_t = [f"127.0.0.1:{p}" for p in ports[21:23]]
+    relay3_t = f"127.0.0.1:{ports[23]}"
 
     def cell(name: str, kind: str, target: str, rows: int, conc: int, matrix: bool) -> dict:
         return {"name": name, "kind": kind, "target": target, "rows": rows, "concurrency": conc,
@@ -131,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     echo_cells = [
         cell("echo_c1", "echo", echo_t, 1, 1, False),
         cell("echo4_chain_c1", "relay", relay_t, 1, 1, False),
+        cell("echo4_pipeline_c1", "relay", relay3_t, 1, 1, False),
         cell("echo_c64", "echo", echo_t, 1, 64, False),
         cell("echo4_chain_c64", "relay", relay_t, 1, 64, False),
+        cell("echo4_pipeline_c64", "relay", relay3_t, 1, 64, False),
     ]
     # Alternating on/off cells, both stacks up, so drift in the machine's load hits both alike.
     off_gw = off_config.target("gateway")
@@ -175,8 +181,14 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(stop, echo)
             relay = spawn(["-m", "bench.echo", "relay", relay_t.rsplit(":", 1)[1], echo_t], logs / "relay.log")
             stack.callback(stop, relay)
-            wait_serving(echo_t, "bench.Echo")
+            for i, t in enumerate(echo3_t):
+                stack.callback(stop, spawn(["-m", "bench.echo", "echo", t.rsplit(":", 1)[1]], logs / f"echo-{i + 2}.log"))
+            relay3 = spawn(["-m", "bench.echo", "relay", relay3_t.rsplit(":", 1)[1], echo_t, *echo3_t], logs / "relay3.log")
+            stack.callback(stop, relay3)
+            for t in (echo_t, *echo3_t):
+                wait_serving(t, "bench.Echo")
             wait_serving(relay_t, "bench.Relay")
+            wait_serving(relay3_t, "bench.Relay")
             print("gRPC floors through meshserve_runtime:", flush=True)
             results["cells"] += run_loadgen(pick(echo_cells), tmp, "echo")
 

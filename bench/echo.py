@@ -2,9 +2,11 @@
 
 `python -m bench.echo echo PORT` serves grpc.health.v1 Check through meshserve_runtime.server
 (same interceptors, options and health servicer as every meshserve service): one hop.
-`python -m bench.echo relay PORT ECHO_TARGET` serves /bench.Relay/Call, which makes three
-sequential Check calls to the echo server over a runtime channel: client -> relay -> 3 hops,
-the exact shape of client -> gateway -> features, preprocess, model with empty handlers.
+`python -m bench.echo relay PORT ECHO_TARGET...` serves /bench.Relay/Call, which makes three
+sequential Check calls over runtime channels, hop i to ECHO_TARGET[i % n]. With three echo
+servers it has the exact shape of client -> gateway -> features, preprocess, model with empty
+handlers (five processes, each idle between its turns); with one, the three hops hit the
+same warm process back to back, which is cheaper (see bench/NOTES.md).
 """
 
 from __future__ import annotations
@@ -30,20 +32,20 @@ class EchoService(Service):
 class RelayService(Service):
     name = "bench.Relay"
 
-    def __init__(self, echo_target: str) -> None:
-        self.echo_target = echo_target
-        self.stub: health_pb2_grpc.HealthStub | None = None
+    def __init__(self, echo_targets: Sequence[str]) -> None:
+        self.echo_targets = list(echo_targets)
+        self.stubs: list[health_pb2_grpc.HealthStub] = []
+        self.channels: list[grpc.aio.Channel] = []
 
     async def _call(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        assert self.stub is not None
         req = health_pb2.HealthCheckRequest()
-        for _ in range(3):
-            await self.stub.Check(req, timeout=5.0)
+        for i in range(3):
+            await self.stubs[i % len(self.stubs)].Check(req, timeout=5.0)
         return b""
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
-        self.channel = create_channel(self.echo_target)
-        self.stub = health_pb2_grpc.HealthStub(self.channel)
+        self.channels = [create_channel(t) for t in self.echo_targets]
+        self.stubs = [health_pb2_grpc.HealthStub(ch) for ch in self.channels]
         handler = grpc.method_handlers_generic_handler(
             self.name, {"Call": grpc.unary_unary_rpc_method_handler(self._call)}
         )
@@ -51,13 +53,14 @@ class RelayService(Service):
         return [self.name]
 
     async def close(self) -> None:
-        await self.channel.close()
+        for ch in self.channels:
+            await ch.close()
 
 
 def main() -> None:
     role, port = sys.argv[1], int(sys.argv[2])
     settings = ServerSettings(port=port, metrics_port=0, log_json=False, log_level="WARNING")
-    service: Service = EchoService() if role == "echo" else RelayService(sys.argv[3])
+    service: Service = EchoService() if role == "echo" else RelayService(sys.argv[3:])
     serve(service, settings)
 
 
