@@ -66,3 +66,25 @@ def test_unset_value_is_rejected() -> None:
 
 def test_describe_row() -> None:
     assert describe_row(row(driver_id=1001, customer_id=2001)) == "customer_id=2001, driver_id=1001"
+
+
+def test_null_among_values_is_refused_where_values_are_required() -> None:
+    with pytest.raises(InvalidArgument, match=r"entities\[\*\]\.a row 1 is null"):
+        rows_to_frame([row(a=1), row(a=None), row(a=3)], "entities", allow_null=False)
+
+
+def test_all_null_column_is_a_masked_double_column() -> None:
+    frame = rows_to_frame([row(a=None), row(a=None)], "rows", allow_null=True)
+    assert list(frame.columns[0].double_values.values) == [0.0, 0.0]
+    assert list(frame.columns[0].null_mask) == [True, True]
+
+
+def test_column_values_keep_their_type_and_int64_in_a_double_column_rounds_as_numpy_does() -> None:
+    big = 2**53 + 1  # not representable as a double: rounds to nearest
+    cols = decode_frame(rows_to_frame(
+        [row(x=big, s="é", b=True), row(x=0.5, s="", b=False)], "rows", allow_null=False
+    ))
+    assert cols["x"].values.tolist() == np.array([big, 0.5], dtype=np.float64).tolist()
+    assert cols["s"].kind == "string_values" and cols["s"].values.tolist() == ["é", ""]
+    assert cols["b"].kind == "bool_values" and cols["b"].values.tolist() == [True, False]
+    assert all(c.null is None for c in cols.values())  # no mask written without a null
