@@ -49,12 +49,24 @@ def test_direct_path_matches_get_online_features(trained: TrainedHome, online_st
     np.testing.assert_array_equal(a.values, b.values)  # bit-identical, NaN where not PRESENT
     assert direct.async_reads == (online_store == "redis")
     if direct.async_reads:  # the service's path on Redis: the same commands on redis.asyncio
-        for redis_read in ("script", "pipeline"):
-            reader = _store(trained, online_store, read_path="direct", clock=clock, redis_read=redis_read)
+        # script; a read past redis_script_max_keys (here every read) by pipeline; pipeline.
+        for redis_read, max_keys in (("script", 1000), ("script", 1), ("pipeline", 1000)):
+            reader = _store(trained, online_store, read_path="direct", clock=clock, redis_read=redis_read,
+                            redis_script_max_keys=max_keys)
+            direct_reader = reader._direct
+            assert direct_reader is not None and direct_reader.use_script == (redis_read == "script")
+            scripted: list[int] = []
+            by_script = direct_reader._read_by_script
+
+            async def counting(client: object, job: object, _inner=by_script) -> object:
+                scripted.append(len(job.commands))  # type: ignore[attr-defined]
+                return await _inner(client, job)
+
+            direct_reader._read_by_script = counting  # type: ignore[method-assign]
             c = asyncio.run(reader.read_async(reader.service(FEATURE_SERVICE), _keys()))
             np.testing.assert_array_equal(a.status, c.status)
             np.testing.assert_array_equal(a.values, c.values)
-            assert reader._direct is not None and reader._direct.use_script == (redis_read == "script")
+            assert (len(scripted) == 1) == (redis_read == "script" and max_keys == 1000), (redis_read, max_keys, scripted)
 
 
 def test_a_redis_that_refuses_scripts_is_read_by_pipeline(trained: TrainedHome, redis_url: str) -> None:

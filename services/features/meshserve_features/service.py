@@ -66,7 +66,8 @@ class FeaturesService(Service):
         # A fresh FeatureStore per attempt: the registry is cached forever once loaded, so a
         # failed attempt (e.g. before `make train` finished) must not pin a stale one.
         cache = EntityCache(s.cache_ttl_s, s.cache_max_entries) if s.cache_ttl_s > 0 else None
-        store = OnlineFeatureStore(s, enforce_ttl=s.enforce_ttl, read_path=s.read_path, cache=cache, redis_read=s.redis_read)
+        store = OnlineFeatureStore(s, enforce_ttl=s.enforce_ttl, read_path=s.read_path, cache=cache, redis_read=s.redis_read,
+                                     redis_script_max_keys=s.redis_script_max_keys)
         try:
             await asyncio.to_thread(store.load, s.feature_service)
         except (FileNotFoundError, LookupError, Unavailable) as err:

@@ -109,9 +109,11 @@ class OnlineFeatureStore:
         read_path: str = "direct",
         cache: EntityCache | None = None,
         redis_read: str = "script",
+        redis_script_max_keys: int = 32,
     ) -> None:
         self.settings = settings
         self.redis_read = redis_read
+        self.redis_script_max_keys = redis_script_max_keys
         self.enforce_ttl = enforce_ttl
         if read_path not in ("direct", "feast"):
             raise ValueError(f"read_path must be 'direct' or 'feast', got {read_path!r}")
@@ -138,7 +140,8 @@ class OnlineFeatureStore:
             _fail_fast_redis(store)
         if self.read_path == "direct":
             self._direct = DirectReader(store, redis=self.settings.online_store == "redis", cache=self.cache,
-                                        redis_read=self.redis_read)
+                                        redis_read=self.redis_read,
+                                        script_max_keys=self.redis_script_max_keys)
         services = {fs.name: self._resolve(store, fs) for fs in store.list_feature_services()}
         if probe_service not in services:
             raise LookupError(
