@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 
 import numpy as np
 import pytest
@@ -49,24 +50,60 @@ def test_direct_path_matches_get_online_features(trained: TrainedHome, online_st
     np.testing.assert_array_equal(a.values, b.values)  # bit-identical, NaN where not PRESENT
     assert direct.async_reads == (online_store == "redis")
     if direct.async_reads:  # the service's path on Redis: the same commands on redis.asyncio
-        # script; a read past redis_script_max_keys (here every read) by pipeline; pipeline.
-        for redis_read, max_keys in (("script", 1000), ("script", 1), ("pipeline", 1000)):
+        # One script call; the same read cut into script calls of 5 keys (one pipeline); HMGETs.
+        for redis_read, max_keys in (("script", 1000), ("script", 5), ("pipeline", 1000)):
             reader = _store(trained, online_store, read_path="direct", clock=clock, redis_read=redis_read,
                             redis_script_max_keys=max_keys)
-            direct_reader = reader._direct
-            assert direct_reader is not None and direct_reader.use_script == (redis_read == "script")
-            scripted: list[int] = []
-            by_script = direct_reader._read_by_script
-
-            async def counting(client: object, job: object, _inner=by_script) -> object:
-                scripted.append(len(job.commands))  # type: ignore[attr-defined]
-                return await _inner(client, job)
-
-            direct_reader._read_by_script = counting  # type: ignore[method-assign]
-            c = asyncio.run(reader.read_async(reader.service(FEATURE_SERVICE), _keys()))
+            c, calls = _read_counting(reader)
             np.testing.assert_array_equal(a.status, c.status)
             np.testing.assert_array_equal(a.values, c.values)
-            assert (len(scripted) == 1) == (redis_read == "script" and max_keys == 1000), (redis_read, max_keys, scripted)
+            assert reader._direct is not None and reader._direct.use_script == (redis_read == "script")
+            want = {"script": 1 if redis_read == "script" else 0, "chunked": 1 if max_keys == 5 else 0}
+            assert calls == want, (redis_read, max_keys, calls)
+
+
+def _read_counting(store: OnlineFeatureStore, before: Callable[[], Awaitable[object]] | None = None) -> tuple[object, dict[str, int]]:
+    """read_async (after `before`, on the same event loop), counting script reads and chunked
+    (pipelined) script reads."""
+    direct = store._direct
+    assert direct is not None
+    calls = {"script": 0, "chunked": 0}
+    by_script, chunked = direct._read_by_script, direct._script_pipeline
+
+    async def count_script(client: object, job: object) -> object:
+        calls["script"] += 1
+        return await by_script(client, job)
+
+    async def count_chunked(client: object, parts: object) -> object:
+        calls["chunked"] += 1
+        return await chunked(client, parts)
+
+    async def run() -> object:
+        if before is not None:
+            await before()
+        direct._read_by_script = count_script  # type: ignore[method-assign]
+        direct._script_pipeline = count_chunked  # type: ignore[method-assign]
+        return await store.read_async(store.service(FEATURE_SERVICE), _keys())
+
+    return asyncio.run(run()), calls
+
+
+def test_chunked_script_reads_survive_a_flushed_script_cache(trained: TrainedHome, redis_url: str) -> None:
+    """Redis restarted or SCRIPT FLUSH: the pipelined script calls load the script and go again."""
+    import redis
+
+    store = _store(trained, "redis", read_path="direct", redis_script_max_keys=5)
+    want = store.read(store.service(FEATURE_SERVICE), _keys())
+    host, port = redis_url.split(",")[0].split(":")
+
+    async def read_then_flush() -> None:
+        await store.read_async(store.service(FEATURE_SERVICE), _keys())  # Redis knows the script
+        redis.Redis(host=host, port=int(port)).script_flush()
+
+    got, calls = _read_counting(store, before=read_then_flush)
+    np.testing.assert_array_equal(want.values, got.values)  # type: ignore[attr-defined]
+    assert calls == {"script": 1, "chunked": 1}
+    assert store._direct is not None and store._direct.use_script
 
 
 def test_a_redis_that_refuses_scripts_is_read_by_pipeline(trained: TrainedHome, redis_url: str) -> None:

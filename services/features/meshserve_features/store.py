@@ -109,7 +109,7 @@ class OnlineFeatureStore:
         read_path: str = "direct",
         cache: EntityCache | None = None,
         redis_read: str = "script",
-        redis_script_max_keys: int = 32,
+        redis_script_max_keys: int = 64,
     ) -> None:
         self.settings = settings
         self.redis_read = redis_read
