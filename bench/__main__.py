@@ -142,13 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     ]
     # Alternating on/off cells, both stacks up, so drift in the machine's load hits both alike.
     off_gw = off_config.target("gateway")
+    # ABBA order (on, off, off, on) cancels a linear drift, and every cell gets the matrix's
+    # warm-up: the first cell after the second stack starts used to run slow, and it was
+    # always an ON cell.
     obs_cells = []
     for conc in (64, 1):
-        for rep in (1, 2):
-            obs_cells.append(cell(f"obs_on_c{conc}_{rep}", "predict_entities", gw, 1, conc, False))
-            obs_cells.append(cell(f"obs_off_c{conc}_{rep}", "predict_entities", off_gw, 1, conc, False))
+        for rep, (first, second) in ((1, ("on", "off")), (2, ("off", "on"))):
+            for mode in (first, second):
+                obs_cells.append(cell(f"obs_{mode}_c{conc}_{rep}", "predict_entities", gw if mode == "on" else off_gw, 1, conc, False))
     for c in obs_cells:
         c["metrics_url"] = None
+        c["warmup"] = s.warmup_seconds
     pick = (lambda cs: [c for c in cs if not only or c["name"] in only])
     results: dict = {"cells": [], "floors": {}}
 
