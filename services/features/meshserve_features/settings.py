@@ -37,9 +37,9 @@ class FeaturesSettings(ServerSettings, FeastSettings):
     """How a batch is read: direct (Feast's online-store API with everything resolvable resolved
     at load; one round trip; measured faster, same values) or feast (get_online_features)."""
     redis_read: Literal["script", "pipeline"] = "script"
-    """How the direct path reads Redis in its one round trip: script (one EVALSHA running every HMGET
-    inside Redis; plain Redis only, and a server that refuses scripts falls back by itself) or
-    pipeline (one HMGET per entity and feature view, as Feast sends them)."""
+    """How the direct path reads Redis in its one round trip: script (EVALSHAs of a script running the
+    HMGETs inside Redis, redis_script_max_keys keys each; plain Redis only, and a server that refuses
+    scripts falls back by itself) or pipeline (one HMGET per entity and feature view, as Feast sends them)."""
     redis_script_max_keys: int = Field(default=64, ge=1)
     """With redis_read=script, the most Redis keys (entities x feature views) one script call reads;
     a bigger read is cut into several calls sent in one pipeline (still one round trip). Why: Redis
