@@ -140,11 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         cell("echo4_chain_c64", "relay", relay_t, 1, 64, False),
         cell("echo4_pipeline_c64", "relay", relay3_t, 1, 64, False),
     ]
-    # Alternating on/off cells, both stacks up, so drift in the machine's load hits both alike.
+    # On/off cells with both stacks up, in ABBA order (on, off, off, on) so a steady drift in
+    # the machine's load hits both alike, each with the matrix's warm-up: the first cell after
+    # the second stack starts used to run slow, and it was always an ON cell.
     off_gw = off_config.target("gateway")
-    # ABBA order (on, off, off, on) cancels a linear drift, and every cell gets the matrix's
-    # warm-up: the first cell after the second stack starts used to run slow, and it was
-    # always an ON cell.
     obs_cells = []
     for conc in (64, 1):
         for rep, (first, second) in ((1, ("on", "off")), (2, ("off", "on"))):
@@ -181,18 +180,16 @@ def main(argv: list[str] | None = None) -> int:
 
     if pick(echo_cells):
         with ExitStack() as stack:
-            echo = spawn(["-m", "bench.echo", "echo", echo_t.rsplit(":", 1)[1]], logs / "echo.log")
-            stack.callback(stop, echo)
-            relay = spawn(["-m", "bench.echo", "relay", relay_t.rsplit(":", 1)[1], echo_t], logs / "relay.log")
-            stack.callback(stop, relay)
-            for i, t in enumerate(echo3_t):
-                stack.callback(stop, spawn(["-m", "bench.echo", "echo", t.rsplit(":", 1)[1]], logs / f"echo-{i + 2}.log"))
-            relay3 = spawn(["-m", "bench.echo", "relay", relay3_t.rsplit(":", 1)[1], echo_t, *echo3_t], logs / "relay3.log")
-            stack.callback(stop, relay3)
-            for t in (echo_t, *echo3_t):
+            echoes = [echo_t, *echo3_t]
+            servers = [(f"echo-{i + 1}", ["echo", t]) for i, t in enumerate(echoes)]
+            servers += [("relay", ["relay", relay_t, echo_t]), ("relay3", ["relay", relay3_t, *echoes])]
+            for log_name, (role, target, *downstream) in servers:
+                port = target.rsplit(":", 1)[1]
+                stack.callback(stop, spawn(["-m", "bench.echo", role, port, *downstream], logs / f"{log_name}.log"))
+            for t in echoes:
                 wait_serving(t, "bench.Echo")
-            wait_serving(relay_t, "bench.Relay")
-            wait_serving(relay3_t, "bench.Relay")
+            for t in (relay_t, relay3_t):
+                wait_serving(t, "bench.Relay")
             print("gRPC floors through meshserve_runtime:", flush=True)
             results["cells"] += run_loadgen(pick(echo_cells), tmp, "echo")
 

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -40,8 +41,6 @@ def machine() -> dict[str, str]:
 def python_loop_seconds(n: int = 10_000_000) -> float:
     """Seconds for a fixed pure-Python loop (best of 3): a yardstick for comparing runs made on
     different machines, since most of a request's CPU here is interpreter time."""
-    import time
-
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
@@ -65,8 +64,6 @@ def pipe_round_trip_us(n: int = 20_000) -> float:
                 os.write(w2, b"x")
         finally:
             os._exit(0)
-    import time
-
     t0 = time.perf_counter()
     for _ in range(n):
         os.write(w1, b"x")
