@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
+from meshserve_runtime import heap
 from tests.fixtures.trained import TrainedHome, shared_trained_home
 
 
@@ -18,3 +21,11 @@ def redis_url(trained: TrainedHome) -> str:
     if trained.redis_url is None:
         pytest.skip("Redis is not answering PING at 127.0.0.1:6379; start redis-server to run the Redis tests")
     return trained.redis_url
+
+
+@pytest.fixture(autouse=True)
+def _thaw_heap() -> Iterator[None]:
+    """A ServiceRunner run in the pytest process freezes its heap once loaded (gc_freeze):
+    undo that after each test, so later tests' garbage cycles are collected as usual."""
+    yield
+    heap.thaw()

@@ -39,6 +39,10 @@ ARTIFACT_INFO = Info(
     "meshserve_artifact",
     "The registered artifact this process serves (name, version, alias, run id).",
 )
+GC_FROZEN_OBJECTS = Gauge(
+    "meshserve_gc_frozen_objects",
+    "Objects moved out of the cyclic GC's reach after load (gc.freeze); 0 when gc_freeze is off.",
+)
 
 
 def start_metrics_server(host: str, port: int) -> None:

@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from meshserve_runtime import heap
 from meshserve_runtime.interceptors import ServerInterceptor
 from meshserve_runtime.logging import configure_logging
 from meshserve_runtime.metrics import READY, start_metrics_server
@@ -193,6 +194,8 @@ class ServiceRunner:
                 ok = False
             if ok:
                 if not self._stop.is_set():
+                    if self.settings.gc_freeze:
+                        heap.freeze()  # after warm-up, before the first real call (see heap.py)
                     await self.health.set(self.service.name, SERVING)
                     READY.labels(self.service.name).set(1)
                     self._ready.set()

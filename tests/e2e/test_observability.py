@@ -169,6 +169,8 @@ def test_one_request_one_trace_metrics_and_logs(traced_stack: Stack, collector: 
             assert delta == 1, (service, name, delta)
         assert value(after[service], "meshserve_rpc_in_flight", **labels) == 0
         assert value(after[service], "meshserve_ready", service=HEALTH_NAMES[service]) == 1
+        # Loaded and warmed up, so the heap was frozen (gc_freeze, on by default).
+        assert value(after[service], "meshserve_gc_frozen_objects") > 1000, service
         # The sum moved by the server-side duration: positive, below the test's timeout.
         dsum = value(after[service], "meshserve_rpc_duration_seconds_sum", **labels) - value(before[service], "meshserve_rpc_duration_seconds_sum", **labels)
         assert 0 < dsum < 30

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import grpc
 from meshserve.inference.v2 import open_inference_pb2_grpc as v2_grpc
 
+from meshserve_runtime import heap
 from meshserve_runtime.metrics import ARTIFACT_INFO
 from meshserve_runtime.protocol import MODEL_HEALTH_NAME
 from meshserve_runtime.registry import ResolvedArtifact
@@ -94,7 +95,10 @@ class ModelService(Service):
             self.servicer.previous = None
         if old.batcher is not None:
             await old.batcher.close()  # waits for queued calls; later stragglers run unbatched
-        log.info("previous version freed", extra=old.artifact.labels())
+        labels = old.artifact.labels()
+        del old  # the last reference this task holds, before the collection below
+        heap.refreeze("previous model version retired")  # its reference cycles (see heap.py)
+        log.info("previous version freed", extra=labels)
 
     async def close(self) -> None:
         await self.watcher.stop()

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import grpc
 from meshserve.v1 import preprocess_pb2_grpc
 
+from meshserve_runtime import heap
 from meshserve_runtime.metrics import ARTIFACT_INFO
 from meshserve_runtime.protocol import PREPROCESS_HEALTH_NAME
 from meshserve_runtime.registry import ResolvedArtifact
@@ -18,6 +19,9 @@ from meshserve_preprocess.servicer import PreprocessServicer
 from meshserve_preprocess.settings import PreprocessSettings
 from meshserve_preprocess.transformer import load_preprocessor
 
+#: Seconds after a switch before the retired version's leftovers are collected.
+RETIRED_VERSION_COLLECT_AFTER_S = 10.0
+
 
 class PreprocessService(Service):
     name = PREPROCESS_HEALTH_NAME
@@ -25,6 +29,7 @@ class PreprocessService(Service):
     def __init__(self, settings: PreprocessSettings) -> None:
         self.settings = settings
         self.servicer = PreprocessServicer(settings.max_rows)
+        self._refreezes: set[asyncio.Task[None]] = set()
         self.watcher = AliasWatcher(
             settings.mlflow_tracking_uri, settings.model_name, settings.alias, settings.alias_poll_s,
             served=lambda: None if self.servicer.current is None else self.servicer.current.artifact.version,
@@ -46,8 +51,19 @@ class PreprocessService(Service):
         # One reference swap: in-flight calls keep the version they pinned; the old one is
         # freed when the last of them drops it. The model service bridges the switch (it
         # keeps the previous model for inputs of the previous preprocessor).
+        replacing = self.servicer.current is not None
         self.servicer.current = loaded
         ARTIFACT_INFO.info(loaded.artifact.labels())
+        if replacing:
+            task = asyncio.get_running_loop().create_task(self._refreeze_later())
+            self._refreezes.add(task)
+            task.add_done_callback(self._refreezes.discard)
+
+    async def _refreeze_later(self) -> None:
+        """Once in-flight calls have dropped the old version, collect its reference cycles
+        (heap.py). Calls are short; one still holding it after this just keeps it alive."""
+        await asyncio.sleep(RETIRED_VERSION_COLLECT_AFTER_S)
+        heap.refreeze("previous preprocessor version retired")
 
     async def load(self) -> bool:
         await self._switch(None)
@@ -56,3 +72,5 @@ class PreprocessService(Service):
 
     async def close(self) -> None:
         await self.watcher.stop()
+        for task in list(self._refreezes):
+            task.cancel()
