@@ -13,6 +13,10 @@ lane:
   when the stage is busy (it answers slower than callers arrive), more concurrent small
   calls only add per-call overhead to a saturated service; waiting for the next
   completion makes groups grow with the load instead (measured in `make bench`).
+  With the default `max_in_flight=1` the delay never fires: a stage has one call out,
+  and whoever arrives meanwhile leaves together when it returns (natural batching, as
+  the model's batcher does). Against 2, in interleaved runs on a 2-core machine: +17%
+  RPS at c=16, +19% RPS and 22% lower p99 at c=64, the same at c=1 and for 100 entities.
 
 Every member has its own future, so one caller cancelling never cancels the group.
 Errors: a group call failing with a status a single member may have caused
@@ -72,7 +76,7 @@ class Coalescer(Generic[T, R]):
         *,
         max_delay_us: int,
         max_rows: int,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
         retry_alone: frozenset[grpc.StatusCode] = DEFAULT_RETRY_ALONE,
         on_dispatch: Callable[[int, int], None] | None = None,
     ) -> None:

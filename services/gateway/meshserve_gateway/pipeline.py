@@ -66,7 +66,7 @@ class Pipeline:
         chunk_rows: int = 0,
         coalesce_max_delay_us: int = 0,
         coalesce_max_rows: int = 0,
-        coalesce_max_in_flight: int = 2,
+        coalesce_max_in_flight: int = 1,
         max_row_values: int | None = None,
         skew_retry_s: float = 15.0,
     ) -> None:

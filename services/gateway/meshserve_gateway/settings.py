@@ -48,8 +48,8 @@ class GatewaySettings(ServerSettings):
     """Longest a request waits (microseconds) to share an internal call with concurrent ones; only waits while a call is in flight (0: no coalescing)."""
     coalesce_max_rows: int = Field(default=256, ge=0)
     """Most rows one coalesced internal call carries; keep it at most the features service's max_entities (0: no coalescing)."""
-    coalesce_max_in_flight: int = Field(default=2, ge=1)
-    """Coalesced calls out at once per stage before new callers wait for one to finish (and so join a bigger group)."""
+    coalesce_max_in_flight: int = Field(default=1, ge=1)
+    """Coalesced calls out at once per stage before new callers wait for one to finish (and so join a bigger group); more lets callers pass a slow call, at the cost of more, smaller calls (1 measured best: make bench)."""
     skew_retry_s: float = Field(default=15.0, ge=0)
     """How long a request refused by the model's skew guard (preprocess and model switching releases) is retried, within its deadline (0: never)."""
     upstream_tls_ca_file: Path | None = None
