@@ -45,7 +45,7 @@ class GatewaySettings(ServerSettings):
     chunk_rows: int = Field(default=256, ge=0)
     """Rows per preprocess+model call: a bigger batch is cut into chunks scored concurrently (0: never cut)."""
     coalesce_max_delay_us: int = Field(default=1000, ge=0)
-    """Longest a request waits (microseconds) to share an internal call with concurrent ones; only waits while a call is in flight (0: no coalescing)."""
+    """With coalesce_max_in_flight above 1: longest a request waits (microseconds) for company before a further call goes out while one is in flight (with 1, it waits for that call instead); 0: no coalescing."""
     coalesce_max_rows: int = Field(default=256, ge=0)
     """Most rows one coalesced internal call carries; keep it at most the features service's max_entities (0: no coalescing)."""
     coalesce_max_in_flight: int = Field(default=1, ge=1)
