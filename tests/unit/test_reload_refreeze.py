@@ -1,0 +1,61 @@
+"""After a hot reload retires a version, the model and preprocess services collect and
+refreeze the heap (meshserve_runtime.heap), so a retired version's reference cycles are
+not kept forever; and not before the old version is really out of use. Unit level: the
+loaded artifacts are stand-ins, the services' own switch/retire code runs."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from meshserve_runtime import heap
+
+import meshserve_model.service as model_service
+import meshserve_preprocess.service as preprocess_service
+from meshserve_model.settings import ModelSettings
+from meshserve_preprocess.settings import PreprocessSettings
+
+
+def artifact(version: str) -> Any:
+    return SimpleNamespace(version=version, run_id=f"run-{version}", alias="production", labels=lambda: {"version": version})
+
+
+@pytest.fixture
+def refreezes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    monkeypatch.setattr(heap, "refreeze", lambda reason="": calls.append(reason))
+    return calls
+
+
+async def test_model_refreezes_after_the_overlap_not_at_the_switch(refreezes: list[str]) -> None:
+    service = model_service.ModelService(ModelSettings(alias_poll_s=0, reload_overlap_s=0.05))
+    old, new = (SimpleNamespace(artifact=artifact(v), batcher=None, device="cpu") for v in ("1", "2"))
+    service.servicer.install(old, overlap_s=0)
+
+    async def load(_: Any) -> Any:
+        return new
+
+    service._load = load  # type: ignore[method-assign]
+    await service._switch(artifact("2"))
+    assert service.servicer.current is new and refreezes == []  # the old one still serves its callers
+    await asyncio.wait_for(asyncio.gather(*service._retiring), 5)
+    assert service.servicer.previous is None
+    assert refreezes == ["previous model version retired"]
+
+
+async def test_preprocess_refreezes_after_a_switch_but_not_after_the_first_load(
+    refreezes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(preprocess_service, "RETIRED_VERSION_COLLECT_AFTER_S", 0.05)
+    versions = iter(["1", "2"])
+    monkeypatch.setattr(preprocess_service, "load_preprocessor", lambda *a, **kw: SimpleNamespace(artifact=artifact(next(versions))))
+    service = preprocess_service.PreprocessService(PreprocessSettings(alias_poll_s=0))
+    await service._switch(None)  # the first load: nothing retired
+    assert not service._refreezes
+    await service._switch(None)
+    assert service.servicer.current.artifact.version == "2" and refreezes == []
+    await asyncio.wait_for(asyncio.gather(*service._refreezes), 5)
+    assert refreezes == ["previous preprocessor version retired"]
