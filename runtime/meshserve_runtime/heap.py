@@ -25,16 +25,12 @@ from meshserve_runtime.metrics import GC_FROZEN_OBJECTS
 
 log = logging.getLogger("meshserve.heap")
 
-_frozen = False
-
 
 def freeze(reason: str = "loaded") -> None:
     """Collect, then move every object alive out of the collector's reach."""
-    global _frozen
     start = time.perf_counter()
     gc.collect()
     gc.freeze()
-    _frozen = True
     count = gc.get_freeze_count()
     GC_FROZEN_OBJECTS.set(count)
     log.info("heap frozen", extra={"reason": reason, "objects": count, "seconds": round(time.perf_counter() - start, 3)})
@@ -47,7 +43,7 @@ def refreeze(reason: str = "artifact retired") -> None:
     A full collection: it blocks the event loop for about as long as the stalls the
     freeze avoids (100-300 ms), once per reload instead of every few seconds.
     """
-    if not _frozen:
+    if not gc.get_freeze_count():
         return
     gc.unfreeze()
     freeze(reason)
@@ -55,7 +51,5 @@ def refreeze(reason: str = "artifact retired") -> None:
 
 def thaw() -> None:
     """Undo `freeze()`: for processes that run several runners one after another (tests)."""
-    global _frozen
     gc.unfreeze()
-    _frozen = False
     GC_FROZEN_OBJECTS.set(0)

@@ -1,13 +1,14 @@
 """The heap freeze (meshserve_runtime.heap): the runner freezes once the service is loaded,
 not before and not when told not to; a refreeze collects cycles among frozen objects that
-were dropped (what a retired artifact version leaves behind)."""
+were dropped (what a retired artifact version leaves behind). Each test starts unfrozen:
+tests/conftest.py thaws the pytest process after every test."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import grpc
 import pytest
@@ -44,14 +45,6 @@ class Loader(Service):
         await self.release.wait()
         self.frozen_while_loading = gc.get_freeze_count()
         return True
-
-
-@pytest.fixture(autouse=True)
-def unfrozen() -> Iterator[None]:
-    """Each test starts and ends with nothing frozen in the pytest process."""
-    heap.thaw()
-    yield
-    heap.thaw()
 
 
 def make_cycle() -> weakref.ref[Cycle]:
