@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from meshserve_runtime.settings import meshserve_home
@@ -46,7 +47,13 @@ class FeastSettings(BaseSettings):
     """SQLite online store file, when online_store=sqlite (default $MESHSERVE_HOME/feast/online.db)."""
     redis_url: str = "127.0.0.1:6379"
     """Redis online store, when online_store=redis: host:port[,db=N][,password=...][,ssl=true]
-    (Feast's connection_string; db=N picks a database, e.g. db=15 for tests)."""
+    (Feast's connection_string; db=N picks a database, e.g. db=15 for tests), or a URL
+    redis://[user:password@]host:port[/N] (rediss:// for TLS), turned into that form."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_connection_string(cls, value: str) -> str:
+        return redis_connection_string(value)
 
     @classmethod
     def for_home(cls, home: Path, **overrides: Any) -> FeastSettings:
@@ -113,6 +120,51 @@ def repo_config(
         offline_store=DaskOfflineStoreConfig(type="file"),
         entity_key_serialization_version=3,
     )
+
+
+def redis_connection_string(value: str) -> str:
+    """Feast's connection string from either form redis_url accepts; ValueError says what is wrong.
+
+    Why at settings time: Feast parses the string only when it first connects, and a
+    URL there fails as `invalid literal for int()` on every retry of the service's load.
+    """
+    value = value.strip()
+    if value.startswith(("redis://", "rediss://")):
+        url = urlsplit(value)
+        if url.query or url.fragment:
+            raise ValueError("query parameters are not supported in a redis:// URL; use host:port,db=N,ssl=true,... instead")
+        try:
+            port = url.port or 6379
+        except ValueError:
+            raise ValueError("the port of a redis:// URL must be a number from 1 to 65535") from None
+        if not url.hostname:
+            raise ValueError("a redis:// URL needs a host, e.g. redis://redis-master:6379/0")
+        parts = [f"{url.hostname}:{port}"]
+        db = url.path.strip("/")
+        if db:
+            if not db.isdigit():
+                raise ValueError(f"the database in a redis:// URL is a number (redis://host:6379/0), got {db!r}")
+            parts.append(f"db={int(db)}")
+        if url.username:
+            parts.append(f"username={unquote(url.username)}")
+        if url.password:
+            parts.append(f"password={unquote(url.password)}")
+        if url.scheme == "rediss":
+            parts.append("ssl=true")
+        if any("," in p for p in parts[1:]):
+            raise ValueError("a user name or password containing ',' cannot be passed to Feast's Redis store")
+        return ",".join(parts)
+    nodes = [p for p in value.split(",") if "=" not in p]
+    if not nodes:
+        raise ValueError("expected host:port[,db=N][,password=...][,ssl=true] or redis://host:port/N")
+    for node in nodes:
+        host, sep, port = node.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"{node!r} is not host:port; expected host:port[,db=N][,password=...][,ssl=true] "
+                "or redis://host:port/N"
+            )
+    return value
 
 
 def _with_timeouts(connection_string: str) -> str:

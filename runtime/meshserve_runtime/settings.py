@@ -8,15 +8,46 @@ descriptions, which the README's settings table is generated from.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import TypeVar
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 def meshserve_home() -> Path:
     """Root of local state (MLflow db, artifacts, Feast registry): $MESHSERVE_HOME or ./.meshserve."""
     return Path(os.environ.get("MESHSERVE_HOME", ".meshserve")).resolve()
+
+
+def load_settings(cls: type[S]) -> S:
+    """Read a service's settings from its environment, or exit 2 naming what is wrong.
+
+    A process entry point calls this (never at import). A bad value is a configuration
+    mistake, not a crash: one line per wrong variable on stderr, e.g.
+    `MESHSERVE_FEATURES_PORT='abc': Input should be a valid integer`, and no traceback.
+    """
+    try:
+        return cls()
+    except ValidationError as err:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        lines = []
+        for e in err.errors(include_url=False):
+            field = ".".join(str(part) for part in e["loc"])
+            name = f"{prefix}{field}".upper() if field else prefix.rstrip("_")
+            value = e.get("input")
+            shown = f"={value!r}" if isinstance(value, str | int | float | bool) and not _secret(field) else ""
+            lines.append(f"{name}{shown}: {e['msg']}")
+        print(f"cannot start: invalid settings ({cls.__name__}):\n  " + "\n  ".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _secret(field: str) -> bool:
+    """Fields whose values must not be echoed into logs."""
+    return any(word in field for word in ("password", "secret", "token", "key", "url"))
 
 
 class ServerSettings(BaseSettings):

@@ -26,6 +26,8 @@ SCHEMA_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("unknown device", {"model": {"device": "tpu"}}, "/model/device"),
     ("unknown online store", {"features": {"onlineStore": "dynamodb"}}, "/features/onlineStore"),
     ("redis password inlined", {"features": {"redis": {"url": "redis:6379,password=hunter2"}}}, "/features/redis/url"),
+    ("redis password inlined in a URL", {"features": {"redis": {"url": "redis://:hunter2@redis:6379/0"}}}, "/features/redis/url"),
+    ("redis URL without port", {"features": {"redis": {"url": "redis-master"}}}, "/features/redis/url"),
     ("bad scale policy type",
      {"gateway": {"autoscaling": {"behavior": {"scaleUp": {"policies": [{"type": "Nodes", "value": 1, "periodSeconds": 15}]}}}}},
      "/gateway/autoscaling/behavior/scaleUp/policies/0/type"),
@@ -69,6 +71,12 @@ def test_template_rejects(what: str, values: dict[str, Any], message: str) -> No
     with pytest.raises(helm_python.HelmRenderError) as err:
         render(values)
     assert message in str(err.value), f"{what}: {err.value}"
+
+
+@pytest.mark.parametrize("url", ["redis-master:6379", "redis-master:6379,db=2", "redis://redis-master:6379/2", "rediss://redis-master:6380"])
+def test_schema_accepts_both_redis_address_forms(url: str) -> None:
+    """The forms the features service reads (meshserve_feature_repo.config.redis_connection_string)."""
+    chart().validate_schema({"features": {"redis": {"url": url}}})
 
 
 def test_lint_reports_schema_violations_as_errors() -> None:

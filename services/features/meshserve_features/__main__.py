@@ -1,13 +1,14 @@
 """`python -m meshserve_features`: run the features service."""
 
 from meshserve_runtime.server import serve
+from meshserve_runtime.settings import load_settings
 
 from meshserve_features.service import FeaturesService
 from meshserve_features.settings import FeaturesSettings
 
 
 def main() -> None:
-    settings = FeaturesSettings()  # built here, not at import: env is read when the process starts
+    settings = load_settings(FeaturesSettings)  # env read when the process starts, not at import
     serve(FeaturesService(settings), settings)
 
 

@@ -1,13 +1,14 @@
 """`python -m meshserve_preprocess`: run the preprocess service."""
 
 from meshserve_runtime.server import serve
+from meshserve_runtime.settings import load_settings
 
 from meshserve_preprocess.service import PreprocessService
 from meshserve_preprocess.settings import PreprocessSettings
 
 
 def main() -> None:
-    settings = PreprocessSettings()
+    settings = load_settings(PreprocessSettings)  # env read when the process starts, not at import
     serve(PreprocessService(settings), settings)
 
 
