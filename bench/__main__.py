@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.report import write_report
 from bench.settings import BenchSettings
 from meshserve_local.stack import HEALTH_NAMES, Stack, StackConfig, free_ports
+from meshserve_runtime.grpc_env import with_grpc_defaults
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +45,7 @@ def wait_serving(target: str, service: str = "", timeout: float = 120.0) -> None
 def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, *args], stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                env=env or dict(os.environ), start_new_session=True)
+                                env=env or with_grpc_defaults(os.environ), start_new_session=True)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -212,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         results["spans_exported"] = int(spans.read_text() or 0)
         spans.unlink()
     results["settings"] = {"trace_sample_ratio": s.trace_sample_ratio, "seconds": s.seconds, "warmup_seconds": s.warmup_seconds, "floor_seconds": s.floor_seconds,
-                           "redis_url": s.redis_url}
+                           "redis_url": s.redis_url,
+                           # What every server of the run (the stacks, echo/relay, feast listen) got; the
+                           # load generator keeps gRPC's defaults, as a stock client would.
+                           "server_grpc_experiments": with_grpc_defaults(os.environ)["GRPC_EXPERIMENTS"],
+                           "loadgen_grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", "")}
     results["wall_seconds"] = round(time.time() - started, 1)
     md = write_report(results, s.out_dir)
     print(f"wrote {md} and {s.out_dir / 'results.json'}", flush=True)

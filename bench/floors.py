@@ -20,6 +20,7 @@ import numpy as np
 from bench.requests import PAIRS
 from meshserve_feature_repo.config import FeastSettings
 from meshserve_feature_repo.definitions import FEATURE_SERVICE
+from meshserve_runtime.grpc_env import with_grpc_defaults
 
 
 def feast_store(home: Path, redis_url: str) -> Any:
@@ -115,7 +116,8 @@ def start_feast_listen(home: Path, redis_url: str, port: int, log: Path) -> subp
         return subprocess.Popen(
             # registry TTL of an hour: no refresh during the run (fair to Feast: no reload cost)
             [feast, "-c", str(repo), "listen", "-a", f"127.0.0.1:{port}", "-w", "8", "-r", "3600"],
-            stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), start_new_session=True,
+            # The same gRPC core switches as every server of the run (meshserve_runtime.grpc_env).
+            stdout=out, stderr=subprocess.STDOUT, env=with_grpc_defaults(os.environ), start_new_session=True,
         )
 
 

@@ -149,7 +149,10 @@ def render(results: dict) -> str:
              f"floors and features cells: {r['settings']['floor_seconds']:.0f} s. Closed loop, one async gRPC client process, "
              "one channel, pre-serialized requests. Latencies in ms; stage columns are the mean time per request "
              "in each gateway stage (diff of `meshserve_gateway_stage_duration_seconds` sums over the window). "
-             "Load generator, services and Redis share the same cores.", "",
+             "Load generator, services and Redis share the same cores. "
+             f"Every server of the run (both stacks, the echo/relay servers, `feast listen`) ran with "
+             f"GRPC_EXPERIMENTS={r['settings'].get('server_grpc_experiments', '')!r} (meshserve_runtime.grpc_env); "
+             f"the load generator with {r['settings'].get('loadgen_grpc_experiments', '') or 'gRPC defaults'}.", "",
              "## Targets", "", "| target | measured | result |", "|---|---|---|"]
     for t in r["targets"]:
         verdict = "not measured" if t["pass"] is None else ("**pass**" if t["pass"] else "**FAIL**")

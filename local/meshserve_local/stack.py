@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from meshserve_runtime.grpc_env import with_grpc_defaults
 from meshserve_runtime.protocol import FEATURES_HEALTH_NAME, GATEWAY_HEALTH_NAME, MODEL_HEALTH_NAME, PREPROCESS_HEALTH_NAME
 
 HEALTH_NAMES = {
@@ -121,7 +122,7 @@ class Stack:
     def env_for(self, service: str) -> dict[str, str]:
         c = self.config
         prefix = f"MESHSERVE_{service.upper()}_"
-        env = dict(os.environ)
+        env = with_grpc_defaults(os.environ)  # gRPC's process-wide switches (meshserve_runtime.grpc_env)
         env.update(
             {
                 "MESHSERVE_HOME": str(c.home),

@@ -24,6 +24,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from meshserve_runtime import heap
+from meshserve_runtime.grpc_env import active_experiments
 from meshserve_runtime.interceptors import ServerInterceptor
 from meshserve_runtime.logging import configure_logging
 from meshserve_runtime.metrics import READY, start_metrics_server
@@ -174,6 +175,7 @@ class ServiceRunner:
             extra={
                 "service": self.service.name, "address": f"{s.host}:{self.port}", "metrics_port": s.metrics_port,
                 "tls": "mutual" if tls and tls.mutual else "server" if tls else "off", "health_port": self.health_port,
+                "grpc_experiments": active_experiments(),
             },
         )
 

@@ -191,8 +191,8 @@ def test_containers_follow_the_service_contract(docs: list[Doc], values: dict[st
         grace = float(env[f"{p}_GRACE_PERIOD_S"])
         assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
         assert env["HOME"].startswith("/var/cache/meshserve") and env["TMPDIR"].startswith("/var/cache/meshserve")
-        # Our own prefix, the standard OpenTelemetry variables, and the process basics only.
-        assert all(k.startswith((p + "_", "OTEL_")) or k in {"HOME", "TMPDIR", "XDG_CACHE_HOME", "MESHSERVE_HOME", "MLFLOW_TRACKING_URI"}
+        # Our own prefix, the standard OpenTelemetry variables, gRPC's switch, and the process basics only.
+        assert all(k.startswith((p + "_", "OTEL_")) or k in {"HOME", "TMPDIR", "XDG_CACHE_HOME", "MESHSERVE_HOME", "MLFLOW_TRACKING_URI", "GRPC_EXPERIMENTS"}
                    for k in env), f"{dep['metadata']['name']}: unexpected env {sorted(env)}"
         assert env["OTEL_SERVICE_NAME"] == f"meshserve-{comp}"
         required = {

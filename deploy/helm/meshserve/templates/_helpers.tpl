@@ -203,6 +203,8 @@ ctx: root, svc, track.
 {{- $_ := set $env (printf "%s_LOG_JSON" $p) (toString $root.Values.logging.json) -}}
 {{- $_ := set $env (printf "%s_ACCESS_LOG" $p) (toString (default false $root.Values.logging.accessLog)) -}}
 {{- include "meshserve.otelEnv" (dict "ctx" . "env" $env) -}}
+{{- /* Always set, even empty: "" must override the image's default (docker/Dockerfile). */ -}}
+{{- $_ := set $env "GRPC_EXPERIMENTS" (toString (($root.Values.grpc).experiments)) -}}
 {{- /* The root filesystem is read-only: caches and temporary files go to emptyDirs. */ -}}
 {{- $_ := set $env "HOME" "/var/cache/meshserve" -}}
 {{- $_ := set $env "MESHSERVE_HOME" "/var/cache/meshserve" -}}
