@@ -204,6 +204,9 @@ def test_one_request_one_trace_metrics_and_logs(traced_stack: Stack, collector: 
         assert [(a["method"], a["code"]) for a in access] == [(method, "OK")], (service, access)
         assert re.fullmatch(r"[0-9a-f]{16}", access[0]["span_id"])
         assert {"duration_ms", "peer"} <= access[0].keys()
+        # The start-up line says which gRPC I/O switch the process runs with (grpc_env).
+        listening = [ln for ln in lines if ln.get("message") == "listening"]
+        assert listening and listening[-1]["grpc_experiments"] == traced_stack.env_for(service)["GRPC_EXPERIMENTS"], listening
 
 
 # ---------------------------------------------------------------- dashboard and rules
