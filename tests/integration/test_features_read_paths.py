@@ -70,13 +70,13 @@ def _read_counting(store: OnlineFeatureStore, before: Callable[[], Awaitable[obj
     calls = {"script": 0, "chunked": 0}
     by_script, chunked = direct._read_by_script, direct._script_pipeline
 
-    async def count_script(client: object, job: object) -> object:
+    async def count_script(client: object, plan: object, job: object) -> object:
         calls["script"] += 1
-        return await by_script(client, job)
+        return await by_script(client, plan, job)  # type: ignore[arg-type]
 
-    async def count_chunked(client: object, parts: object) -> object:
+    async def count_chunked(client: object, script: object, parts: object) -> object:
         calls["chunked"] += 1
-        return await chunked(client, parts)
+        return await chunked(client, script, parts)
 
     async def run() -> object:
         if before is not None:
@@ -86,6 +86,29 @@ def _read_counting(store: OnlineFeatureStore, before: Callable[[], Awaitable[obj
         return await store.read_async(store.service(FEATURE_SERVICE), _keys())
 
     return asyncio.run(run()), calls
+
+
+def test_plan_script_reads_binary_fields_on_real_redis(redis_url: str) -> None:
+    """The generated Lua (fields written in as escapes) returns what HMGET returns, for hash
+    fields holding any byte, keys of two views, and a key with no hash."""
+    import redis
+
+    from meshserve_features.direct import plan_script, script_calls
+
+    host, port = redis_url.split(",")[0].split(":")
+    db = int(redis_url.split("db=")[1].split(",")[0]) if "db=" in redis_url else 0
+    r = redis.Redis(host=host, port=int(port), db=db)
+    fields_a, fields_b = (bytes(range(256)), b"\x00\"\\", b"_ts:a"), (b"\xff\xfe", b"_ts:b")
+    r.hset("msplan:a1", mapping={fields_a[0]: b"x", fields_a[1]: b"y", fields_a[2]: b"t1"})
+    r.hset("msplan:b1", mapping={fields_b[0]: b"z", fields_b[1]: b"t2"})
+    try:
+        script = r.register_script(plan_script([fields_a, fields_b]))
+        (keys, counts), = script_calls([[b"msplan:a1", b"msplan:none"], [b"msplan:b1"]], 64)
+        got = script(keys=keys, args=counts)
+        want = [r.hmget("msplan:a1", fields_a), r.hmget("msplan:none", fields_a), r.hmget("msplan:b1", fields_b)]
+        assert got == want == [[b"x", b"y", b"t1"], [None, None, None], [b"z", b"t2"]]
+    finally:
+        r.delete("msplan:a1", "msplan:b1")
 
 
 def test_chunked_script_reads_survive_a_flushed_script_cache(trained: TrainedHome, redis_url: str) -> None:
@@ -117,7 +140,9 @@ def test_a_redis_that_refuses_scripts_is_read_by_pipeline(trained: TrainedHome, 
         async def __call__(self, **kwargs: object) -> list:
             raise rex.ResponseError("NOPERM this user has no permissions to run the 'evalsha' command")
 
-    store._direct._script = Refusing()
+    plan = store.service(FEATURE_SERVICE).plan
+    assert plan is not None and plan.script
+    store._direct._scripts[plan.script] = Refusing()
     want = store.read(store.service(FEATURE_SERVICE), _keys())
     got = asyncio.run(store.read_async(store.service(FEATURE_SERVICE), _keys()))
     np.testing.assert_array_equal(want.values, got.values)

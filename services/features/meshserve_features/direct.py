@@ -6,9 +6,9 @@ response proto we then take apart). Here that is done once at load (a ReadPlan);
 call we only serialize the entity keys with Feast's own helpers and read:
 - Redis: the HMGET of every (entity, feature view), with Feast's key and field helpers
   (the same commands get_online_features sends), in ONE round trip: by default as
-  EVALSHAs of a tiny script that runs those HMGETs inside Redis, at most
-  redis_script_max_keys keys each (one command to pack and one reply to parse per
-  chunk), else as one pipeline of HMGETs; the stored values are decoded straight from
+  EVALSHAs of a script, made at load with the views' hash fields written in, that runs
+  those HMGETs inside Redis, at most redis_script_max_keys keys each (one command to
+  pack and one reply to parse per chunk), else as one pipeline of HMGETs; the stored values are decoded straight from
   Feast's format (a ValueProto per field, a Timestamp per view);
 - any other store (SQLite): the provider's online_read per feature view (a local file read).
 The integration test asserts both paths return identical values on SQLite and Redis.
@@ -35,27 +35,42 @@ log = logging.getLogger("meshserve.features.direct")
 _NUMERIC = frozenset({"float_val", "double_val", "int32_val", "int64_val", "bool_val"})
 _NAN = float("nan")
 
-#: One read as one command: KEYS are the entity keys view by view; ARGV holds, per view,
-#: its key count, its field count and the fields. Returns one HMGET reply per key, in order
-#: (exactly the pipeline's replies). It only reads. Redis runs a script atomically, holding
-#: the server for its whole run, so a big read is cut into calls of at most
-#: settings.redis_script_max_keys keys, sent together in one pipeline: other clients'
-#: commands run between them. Measured here (redis.asyncio, this process + Redis, per read):
-#: 200 keys 0.89 + 1.11 ms by script vs 5.22 + 0.31 ms by pipeline; the script costs Redis
-#: ~4x the pipeline's CPU but saves the client far more.
-HMGET_SCRIPT = """
-local out, k, a = {}, 1, 1
-while a <= #ARGV do
-  local nkeys, nfields = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-  local fields = {unpack(ARGV, a + 2, a + 1 + nfields)}
-  for _ = 1, nkeys do
-    out[#out + 1] = redis.call('HMGET', KEYS[k], unpack(fields))
+#: One read as one command: a script made for each feature service at load, with the hash
+#: fields of its views written into it (`plan_script`), so a call carries only the entity
+#: keys (KEYS, view by view) and how many of them belong to each view (ARGV). Returns one
+#: HMGET reply per key, in order (exactly the pipeline's replies). It only reads. Redis
+#: runs a script atomically, holding the server for its whole run, so a big read is cut
+#: into calls of at most settings.redis_script_max_keys keys, sent together in one
+#: pipeline: other clients' commands run between them. Measured here (redis.asyncio, this
+#: process + Redis, per read): 200 keys 0.89 + 1.11 ms by script vs 5.22 + 0.31 ms by
+#: pipeline; the script costs Redis ~4x the pipeline's CPU but saves the client far more.
+#: Fields written into the script rather than sent as ARGV: redis-py packs every argument
+#: in Python, and the fields were 17 of the 19 arguments of a 1-entity read here.
+_SCRIPT_BODY = """
+local out, k = {}, 1
+for v = 1, #ARGV do
+  local fields = F[v]
+  for _ = 1, tonumber(ARGV[v]) do
+    out[k] = redis.call('HMGET', KEYS[k], unpack(fields))
     k = k + 1
   end
-  a = a + 2 + nfields
 end
 return out
 """
+
+
+def _lua_string(value: str | bytes) -> str:
+    """A Lua string literal of any bytes: every byte as a decimal escape (binary-safe)."""
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    return '"' + "".join(f"\\{b}" for b in raw) + '"'
+
+
+def plan_script(hash_fields: list[tuple[str | bytes, ...]]) -> str:
+    """The read script of a feature service whose views store their features under these
+    hash fields (one tuple per view, in plan order)."""
+    views = ",\n".join("  {" + ", ".join(_lua_string(f) for f in fields) + "}" for fields in hash_fields)
+    return "local F = {\n" + views + "\n}" + _SCRIPT_BODY
+
 
 #: Most (feature view, entity) -> Redis key entries kept (about 150 bytes each).
 REDIS_KEY_CACHE_SIZE = 100_000
@@ -84,6 +99,8 @@ class ReadPlan:
     views: tuple[ViewPlan, ...]
     unservable: str | None
     """Why Feast would refuse to serve (a view disabled or not materialized), else None."""
+    script: str = ""
+    """Redis only: the Lua source of this plan's read script (see plan_script)."""
 
 
 def _servable(fv: Any) -> str | None:
@@ -132,25 +149,21 @@ def _unique_entities(cols: list[np.ndarray], n: int) -> tuple[list[tuple], np.nd
     return [tuple(u) for u in uniq.tolist()], inverse
 
 
-def script_calls(commands: list[tuple[Any, list[Any]]], max_keys: int) -> list[tuple[list[Any], list[Any]]]:
-    """(key, fields) HMGETs -> (KEYS, ARGV) of HMGET_SCRIPT calls of at most max_keys keys each:
-    per run of consecutive keys sharing one field list, ARGV holds its key count, its field
-    count and the fields."""
-    calls = []
-    for start in range(0, len(commands), max_keys):
-        chunk = commands[start:start + max_keys]
-        args: list[Any] = []
-        run_fields: list[Any] | None = None
-        run = 0
-        for _, fields in chunk:
-            if fields is not run_fields:
-                if run_fields is not None:
-                    args += [run, len(run_fields), *run_fields]
-                run_fields, run = fields, 0
-            run += 1
-        if run_fields is not None:
-            args += [run, len(run_fields), *run_fields]
-        calls.append(([k for k, _ in chunk], args))
+def script_calls(keys_by_view: list[list[Any]], max_keys: int) -> list[tuple[list[Any], list[int]]]:
+    """Redis keys, view by view -> (KEYS, ARGV) of plan-script calls of at most max_keys keys
+    each; ARGV counts the keys of each view in the call (0 for a view it has none of)."""
+    calls: list[tuple[list[Any], list[int]]] = []
+    keys: list[Any] = []
+    counts = [0] * len(keys_by_view)
+    for v, view_keys in enumerate(keys_by_view):
+        for key in view_keys:
+            if len(keys) == max_keys:
+                calls.append((keys, counts))
+                keys, counts = [], [0] * len(keys_by_view)
+            keys.append(key)
+            counts[v] += 1
+    if keys:
+        calls.append((keys, counts))
     return calls
 
 
@@ -167,7 +180,8 @@ class DirectReader:
         # entity (Feast's serialization + project), so caching it can never go stale.
         self._redis_keys: OrderedDict[tuple[str, tuple], bytes] = OrderedDict()
         self._async_client: Any = None
-        self._script: Any = None
+        # Registered read scripts (redis-py Script objects) by Lua source: one per plan.
+        self._scripts: dict[str, Any] = {}
         # The script needs every key on one server: plain Redis only (not a cluster, whose
         # keys live in different slots, nor Sentinel, left to Feast's own client).
         redis_type = str(getattr(getattr(self.config.online_store, "redis_type", None), "value", "redis"))
@@ -194,7 +208,8 @@ class DirectReader:
                 hset = tuple(fields)
             views.append(ViewPlan(fv, tuple(c.name for c in fv.entity_columns), feats,
                                   tuple(feature_order.index(f) for f in feats), fv_name, hset))
-        return ReadPlan(tuple(views), "; ".join(reasons) or None)
+        script = plan_script([v.hset_keys for v in views]) if self.redis else ""
+        return ReadPlan(tuple(views), "; ".join(reasons) or None, script)
 
     def read(self, plan: ReadPlan, keys: dict[str, np.ndarray], n_features: int) -> tuple[np.ndarray, ...]:
         """-> values, has_value [features, rows] and event timestamps (s) for N rows, one store round trip."""
@@ -222,7 +237,7 @@ class DirectReader:
         replies: list[Any] | None = []
         if job.commands:
             client = await self.async_client()
-            replies = await self._read_by_script(client, job) if self.use_script else None
+            replies = await self._read_by_script(client, plan, job) if self.use_script else None
             if replies is None:
                 async with client.pipeline(transaction=False) as pipe:
                     for redis_key, fields in job.commands:
@@ -230,9 +245,9 @@ class DirectReader:
                     replies = await pipe.execute()
         return self._assemble(job, self._split_redis(job, replies))
 
-    async def _read_by_script(self, client: Any, job: _Job) -> list[Any] | None:
-        """The job's HMGETs as script calls of at most script_max_keys keys, in one round trip;
-        None when this Redis refuses scripts (then never again).
+    async def _read_by_script(self, client: Any, plan: ReadPlan, job: _Job) -> list[Any] | None:
+        """The job's HMGETs as calls of the plan's script of at most script_max_keys keys, in
+        one round trip; None when this Redis refuses scripts (then never again).
 
         Measured in-process (100 entities, 20 HMGETs): read + encode 0.73 -> 0.61 ms from
         packing and parsing one command instead of twenty. redis-py's Script loads the
@@ -240,34 +255,39 @@ class DirectReader:
         """
         import redis.exceptions as rex
 
-        if self._script is None:
-            self._script = client.register_script(HMGET_SCRIPT)
-        calls = script_calls(job.commands, self.script_max_keys)
+        script = self._scripts.get(plan.script)
+        if script is None:
+            script = self._scripts[plan.script] = client.register_script(plan.script)
+        keys_by_view, start = [], 0
+        for span in job.spans:
+            keys_by_view.append([key for key, _ in job.commands[start:start + span]])
+            start += span
+        calls = script_calls(keys_by_view, self.script_max_keys)
         try:
             if len(calls) == 1:
-                keys, args = calls[0]
-                return await self._script(keys=keys, args=args)
-            return await self._script_pipeline(client, calls)
+                keys, counts = calls[0]
+                return await script(keys=keys, args=counts)
+            return await self._script_pipeline(client, script, calls)
         except rex.ResponseError as err:  # e.g. ACLs without EVALSHA, scripting disabled
             log.warning("Redis refused the read script; reading by pipeline from now on", extra={"error": str(err)})
             self.use_script = False
             return None
 
-    async def _script_pipeline(self, client: Any, calls: list[tuple[list[Any], list[Any]]]) -> list[Any]:
+    async def _script_pipeline(self, client: Any, script: Any, calls: list[tuple[list[Any], list[int]]]) -> list[Any]:
         """Several script calls in one pipeline (one round trip), replies concatenated in order."""
         import redis.exceptions as rex
 
         for attempt in (1, 2):
             async with client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                for keys, counts in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *counts)
                 parts = await pipe.execute(raise_on_error=False)
             errors = [p for p in parts if isinstance(p, Exception)]
             if not errors:
                 return [reply for part in parts for reply in part]
             if attempt == 1 and all(isinstance(e, rex.NoScriptError) for e in errors):
                 # Redis lost its script cache (a restart, SCRIPT FLUSH): load it, go again.
-                await client.script_load(HMGET_SCRIPT)
+                await client.script_load(script.script)
                 continue
             raise errors[0]
         raise AssertionError("unreachable")
@@ -298,7 +318,7 @@ class DirectReader:
             for (view, entities, _, _), miss in zip(job.todo, job.misses, strict=True):
                 rkeys = self._keys_of(view, [entities[i] for i in miss])
                 job.spans.append(len(rkeys))
-                fields = list(view.hset_keys)  # one list per view: script_calls groups by identity
+                fields = list(view.hset_keys)  # the pipeline path's HMGET fields (the script has its own)
                 job.commands += [(k, fields) for k in rkeys]
         return job
 
