@@ -8,8 +8,9 @@ call we only serialize the entity keys with Feast's own helpers and read:
   (the same commands get_online_features sends), in ONE round trip: by default as
   EVALSHAs of a script, made at load with the views' hash fields written in, that runs
   those HMGETs inside Redis, at most redis_script_max_keys keys each (one command to
-  pack and one reply to parse per chunk), else as one pipeline of HMGETs; the stored values are decoded straight from
-  Feast's format (a ValueProto per field, a Timestamp per view);
+  pack and one reply to parse per chunk), else as one pipeline of HMGETs; the stored
+  values are decoded straight from Feast's format (a ValueProto per field, a Timestamp
+  per view);
 - any other store (SQLite): the provider's online_read per feature view (a local file read).
 The integration test asserts both paths return identical values on SQLite and Redis.
 """
