@@ -158,8 +158,8 @@ def redis_connection_string(value: str) -> str:
     if not nodes:
         raise ValueError("expected host:port[,db=N][,password=...][,ssl=true] or redis://host:port/N")
     for node in nodes:
-        host, sep, port = node.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        host, sep, port_text = node.rpartition(":")
+        if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ValueError(
                 f"{node!r} is not host:port; expected host:port[,db=N][,password=...][,ssl=true] "
                 "or redis://host:port/N"
