@@ -126,8 +126,16 @@ class _Job:
     ts: np.ndarray
     todo: list[tuple[ViewPlan, list[tuple], np.ndarray, list[Any]]] = field(default_factory=list)
     misses: list[list[int]] = field(default_factory=list)
-    commands: list[tuple[Any, list[Any]]] = field(default_factory=list)
-    spans: list[int] = field(default_factory=list)
+    redis_keys: list[list[Any]] = field(default_factory=list)
+    """Redis only: the keys of the misses, per view in plan order (one HMGET each)."""
+
+    def hmgets(self) -> list[tuple[Any, list[Any]]]:
+        """(key, fields) of every HMGET, view by view: what the pipeline paths send."""
+        commands = []
+        for (view, _, _, _), keys in zip(self.todo, self.redis_keys, strict=True):
+            fields = list(view.hset_keys)
+            commands += [(k, fields) for k in keys]
+        return commands
 
 
 def _entity_key(view: ViewPlan, entity: tuple) -> Any:
@@ -216,7 +224,7 @@ class DirectReader:
         """-> values, has_value [features, rows] and event timestamps (s) for N rows, one store round trip."""
         job = self._prepare(plan, keys, n_features)
         if self.redis:
-            replies = self.online._read_hash_fields(self.config, job.commands) if job.commands else []
+            replies = self.online._read_hash_fields(self.config, job.hmgets()) if any(job.redis_keys) else []
             decoded = self._split_redis(job, replies)
         else:
             decoded = [
@@ -236,12 +244,12 @@ class DirectReader:
         """
         job = self._prepare(plan, keys, n_features)
         replies: list[Any] | None = []
-        if job.commands:
+        if any(job.redis_keys):
             client = await self.async_client()
             replies = await self._read_by_script(client, plan, job) if self.use_script else None
             if replies is None:
                 async with client.pipeline(transaction=False) as pipe:
-                    for redis_key, fields in job.commands:
+                    for redis_key, fields in job.hmgets():
                         pipe.hmget(redis_key, fields)
                     replies = await pipe.execute()
         return self._assemble(job, self._split_redis(job, replies))
@@ -259,11 +267,7 @@ class DirectReader:
         script = self._scripts.get(plan.script)
         if script is None:
             script = self._scripts[plan.script] = client.register_script(plan.script)
-        keys_by_view, start = [], 0
-        for span in job.spans:
-            keys_by_view.append([key for key, _ in job.commands[start:start + span]])
-            start += span
-        calls = script_calls(keys_by_view, self.script_max_keys)
+        calls = script_calls(job.redis_keys, self.script_max_keys)
         try:
             if len(calls) == 1:
                 keys, counts = calls[0]
@@ -307,7 +311,7 @@ class DirectReader:
         return self._async_client
 
     def _prepare(self, plan: ReadPlan, keys: dict[str, np.ndarray], n_features: int) -> _Job:
-        """Unique entities per view, cache lookups, and (Redis) the HMGET commands of the misses."""
+        """Unique entities per view, cache lookups, and (Redis) the keys of the misses."""
         n = len(next(iter(keys.values())))
         job = _Job(np.full((n_features, n), np.nan), np.zeros((n_features, n), dtype=bool), np.zeros((n_features, n)))
         for view in plan.views:
@@ -317,10 +321,7 @@ class DirectReader:
             job.misses.append([i for i, c in enumerate(cached) if c is None])
         if self.redis:
             for (view, entities, _, _), miss in zip(job.todo, job.misses, strict=True):
-                rkeys = self._keys_of(view, [entities[i] for i in miss])
-                job.spans.append(len(rkeys))
-                fields = list(view.hset_keys)  # the pipeline path's HMGET fields (the script has its own)
-                job.commands += [(k, fields) for k in rkeys]
+                job.redis_keys.append(self._keys_of(view, [entities[i] for i in miss]))
         return job
 
     def _keys_of(self, view: ViewPlan, entities: list[tuple]) -> list[bytes]:
@@ -346,9 +347,9 @@ class DirectReader:
         """HMGET replies -> decoded rows, per view."""
         offset = 0
         decoded = []
-        for span in job.spans:
-            decoded.append(_decode_redis(replies[offset:offset + span]))
-            offset += span
+        for keys in job.redis_keys:
+            decoded.append(_decode_redis(replies[offset:offset + len(keys)]))
+            offset += len(keys)
         return decoded
 
     def _assemble(self, job: _Job, decoded: list[list[Decoded]]) -> tuple[np.ndarray, ...]:
