@@ -29,8 +29,8 @@ from meshserve_runtime.interceptors import ServerInterceptor
 from meshserve_runtime.logging import configure_logging
 from meshserve_runtime.metrics import READY, start_metrics_server
 from meshserve_runtime.protocol import FEATURES_HEALTH_NAME, GATEWAY_HEALTH_NAME, MODEL_HEALTH_NAME, PREPROCESS_HEALTH_NAME
-from meshserve_runtime.settings import ServerSettings
-from meshserve_runtime.tls import TLSConfigError, check_plaintext_server, server_tls_from_settings, setting_name
+from meshserve_runtime.settings import ServerSettings, setting_name
+from meshserve_runtime.tls import TLSConfigError, check_plaintext_server, server_tls_from_settings
 from meshserve_runtime.tracing import configure_tracing, flush_tracing
 
 log = logging.getLogger("meshserve.server")

@@ -23,6 +23,13 @@ def meshserve_home() -> Path:
     return Path(os.environ.get("MESHSERVE_HOME", ".meshserve")).resolve()
 
 
+def setting_name(settings: object, field: str) -> str:
+    """The environment variable of a settings field (of a settings class or instance),
+    e.g. MESHSERVE_GATEWAY_TLS_CERT_FILE."""
+    config = getattr(settings, "model_config", {}) or {}
+    return f"{config.get('env_prefix', '')}{field}".upper()
+
+
 def load_settings(cls: type[S]) -> S:
     """Read a service's settings from its environment, or exit 2 naming what is wrong.
 
@@ -33,11 +40,10 @@ def load_settings(cls: type[S]) -> S:
     try:
         return cls()
     except ValidationError as err:
-        prefix = str(cls.model_config.get("env_prefix", ""))
         lines = []
         for e in err.errors(include_url=False):
             field = ".".join(str(part) for part in e["loc"])
-            name = f"{prefix}{field}".upper() if field else prefix.rstrip("_")
+            name = setting_name(cls, field) if field else setting_name(cls, "").rstrip("_")
             value = e.get("input")
             shown = f"={value!r}" if isinstance(value, str | int | float | bool) and not _secret(field) else ""
             lines.append(f"{name}{shown}: {e['msg']}")

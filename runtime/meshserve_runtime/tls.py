@@ -27,6 +27,8 @@ from pathlib import Path
 
 import grpc
 
+from meshserve_runtime.settings import setting_name
+
 log = logging.getLogger("meshserve.tls")
 
 
@@ -203,12 +205,6 @@ class ClientTLS:
             key = read_private_key(self.key)
             check_key_pair(self.cert, self.key)
         return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-
-
-def setting_name(settings: object, field: str) -> str:
-    """The environment variable of a settings field, e.g. MESHSERVE_GATEWAY_TLS_CERT_FILE."""
-    config = getattr(settings, "model_config", {}) or {}
-    return f"{config.get('env_prefix', '')}{field}".upper()
 
 
 def _pem(settings: object, field: str) -> PemSetting | None:
