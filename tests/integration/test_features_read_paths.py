@@ -137,6 +137,8 @@ def test_a_redis_that_refuses_scripts_is_read_by_pipeline(trained: TrainedHome, 
     assert store._direct is not None and store._direct.use_script
 
     class Refusing:
+        sha = "0" * 40  # unknown to Redis: the lane hears NOSCRIPT and hands the read to the script
+
         async def __call__(self, **kwargs: object) -> list:
             raise rex.ResponseError("NOPERM this user has no permissions to run the 'evalsha' command")
 
@@ -147,6 +149,78 @@ def test_a_redis_that_refuses_scripts_is_read_by_pipeline(trained: TrainedHome, 
     got = asyncio.run(store.read_async(store.service(FEATURE_SERVICE), _keys()))
     np.testing.assert_array_equal(want.values, got.values)
     assert not store._direct.use_script
+
+
+def test_the_lane_connection_reads_the_same_and_survives_kills_flushes_and_cancels(trained: TrainedHome, redis_url: str) -> None:
+    """A read with none other in flight goes on the reader's own connection (the lane); the
+    values are Feast's, and a killed lane connection, a flushed script cache, overlapping reads
+    and a cancelled read all leave later reads correct, on the lane again."""
+    import redis
+
+    store = _store(trained, "redis", read_path="direct")
+    spec = store.service(FEATURE_SERVICE)
+    want = _store(trained, "redis", read_path="feast").read(spec, _keys())
+    direct = store._direct
+    assert direct is not None and direct.use_script
+    host, port = redis_url.split(",")[0].split(":")
+    admin = redis.Redis(host=host, port=int(port))
+    on_lane: list[bool] = []
+    lane_read = direct._read_on_lane
+
+    async def counting_lane(*args: object) -> object:
+        reply = await lane_read(*args)  # type: ignore[arg-type]
+        on_lane.append(reply is not None)
+        return reply
+
+    direct._read_on_lane = counting_lane  # type: ignore[method-assign]
+
+    async def read() -> None:
+        got = await store.read_async(spec, _keys())
+        np.testing.assert_array_equal(want.status, got.status)
+        np.testing.assert_array_equal(want.values, got.values)
+
+    async def lane_client_id() -> int:
+        conn = direct._lane
+        await conn.send_command("CLIENT", "ID")
+        return int(await conn.read_response())
+
+    async def run() -> None:
+        admin.script_flush()
+        await read()  # the first read loads the script through the pool (NOSCRIPT on the lane)
+        await read()
+        assert on_lane == [False, True]
+        first_id = await lane_client_id()
+
+        admin.client_kill_filter(_id=first_id)  # Redis drops the lane: that read falls back
+        await read()
+        await read()  # ... and the next one reconnects the lane
+        assert on_lane[2:] == [False, True]
+        assert await lane_client_id() != first_id
+
+        admin.script_flush()  # NOSCRIPT on the lane: the pool's Script loads it again
+        await read()
+        await read()
+        assert on_lane[4:] == [False, True]
+
+        await asyncio.gather(*(read() for _ in range(6)))  # overlapping reads: one lane, the rest pooled
+        assert on_lane[6:] == [True]
+
+        for _ in range(3):  # cancelled while it waits for Redis: it stops, or finishes its read
+            cancelled = asyncio.ensure_future(store.read_async(spec, _keys()))
+            await asyncio.sleep(0)  # the read has sent its command when it is cancelled
+            assert direct._lane_busy
+            cancelled.cancel()
+            try:
+                got = await cancelled
+            except asyncio.CancelledError:
+                pass
+            else:
+                np.testing.assert_array_equal(want.values, got.values)
+        for _ in range(3):  # a late reply is never taken for the next read's
+            await read()
+        assert on_lane[-3:] == [True, True, True]
+
+    asyncio.run(run())
 
 
 def test_cache_serves_identical_values_and_counts_hits(trained: TrainedHome, online_store: str) -> None:

@@ -178,7 +178,7 @@ def script_calls(keys_by_view: list[list[Any]], max_keys: int) -> list[tuple[lis
 
 class DirectReader:
     def __init__(self, store: Any, redis: bool, cache: EntityCache | None = None, redis_read: str = "script",
-                 script_max_keys: int = 64) -> None:
+                 script_max_keys: int = 64, lane: bool = True) -> None:
         self.store = store
         self.config = store.config
         self.online = store._get_provider().online_store
@@ -191,6 +191,11 @@ class DirectReader:
         self._async_client: Any = None
         # Registered read scripts (redis-py Script objects) by Lua source: one per plan.
         self._scripts: dict[str, Any] = {}
+        # A Redis connection of our own, taken from the client's pool, for a read that finds
+        # no other read in flight (see _read_on_lane); reads that overlap it use the pool.
+        self.use_lane = lane
+        self._lane: Any = None
+        self._lane_busy = False
         # The script needs every key on one server: plain Redis only (not a cluster, whose
         # keys live in different slots, nor Sentinel, left to Feast's own client).
         redis_type = str(getattr(getattr(self.config.online_store, "redis_type", None), "value", "redis"))
@@ -271,12 +276,51 @@ class DirectReader:
         try:
             if len(calls) == 1:
                 keys, counts = calls[0]
+                if self.use_lane and not self._lane_busy:
+                    reply = await self._read_on_lane(client, script, keys, counts)
+                    if reply is not None:
+                        return reply
                 return await script(keys=keys, args=counts)
             return await self._script_pipeline(client, script, calls)
         except rex.ResponseError as err:  # e.g. ACLs without EVALSHA, scripting disabled
             log.warning("Redis refused the read script; reading by pipeline from now on", extra={"error": str(err)})
             self.use_script = False
             return None
+
+    async def _read_on_lane(self, client: Any, script: Any, keys: list[Any], counts: list[int]) -> list[Any] | None:
+        """One EVALSHA on the lane connection: the reply, or None to go through the client.
+
+        Why: the client's command path (pool checkout and release, retry wrapper, command
+        observability hooks, Script's own wrapper) cost more than the round trip itself.
+        Measured in-process on this machine, one 1-key EVALSHA: 243 us through Script, 168 us
+        through client.evalsha, 67 us on a connection of our own; 308 / 322 / 205 us with a
+        2 ms pause between reads (code and caches gone cold, as at concurrency 1).
+
+        None (the caller then goes through the client and its one immediate retry) when
+        Redis does not have the script yet, or the connection failed: redis-py has
+        disconnected it then, and the next read on the lane reconnects. Any other error
+        reply (e.g. scripting refused) is raised, as from the client. A read cancelled
+        while it waits (the caller's deadline) either leaves the connection disconnected
+        or, with a socket timeout set, finishes reading its reply first (redis-py on Python
+        3.11): a late reply is never taken for the next command's.
+        """
+        import redis.exceptions as rex
+
+        self._lane_busy = True
+        try:
+            if self._lane is None:
+                self._lane = await client.connection_pool.get_connection()
+            conn = self._lane
+            await conn.send_command("EVALSHA", script.sha, len(keys), *keys, *counts)
+            reply: list[Any] = await conn.read_response()
+            return reply
+        except rex.NoScriptError:
+            return None
+        except (rex.ConnectionError, rex.TimeoutError, OSError) as err:
+            log.debug("Redis lane connection failed; reading through the pool", extra={"error": str(err)})
+            return None
+        finally:
+            self._lane_busy = False
 
     async def _script_pipeline(self, client: Any, script: Any, calls: list[tuple[list[Any], list[int]]]) -> list[Any]:
         """Several script calls in one pipeline (one round trip), replies concatenated in order."""

@@ -67,7 +67,7 @@ class FeaturesService(Service):
         # failed attempt (e.g. before `make train` finished) must not pin a stale one.
         cache = EntityCache(s.cache_ttl_s, s.cache_max_entries) if s.cache_ttl_s > 0 else None
         store = OnlineFeatureStore(s, enforce_ttl=s.enforce_ttl, read_path=s.read_path, cache=cache, redis_read=s.redis_read,
-                                     redis_script_max_keys=s.redis_script_max_keys)
+                                     redis_script_max_keys=s.redis_script_max_keys, redis_lane=s.redis_lane)
         try:
             await asyncio.to_thread(store.load, s.feature_service)
         except (FileNotFoundError, LookupError, Unavailable) as err:

@@ -110,10 +110,12 @@ class OnlineFeatureStore:
         cache: EntityCache | None = None,
         redis_read: str = "script",
         redis_script_max_keys: int = 64,
+        redis_lane: bool = True,
     ) -> None:
         self.settings = settings
         self.redis_read = redis_read
         self.redis_script_max_keys = redis_script_max_keys
+        self.redis_lane = redis_lane
         self.enforce_ttl = enforce_ttl
         if read_path not in ("direct", "feast"):
             raise ValueError(f"read_path must be 'direct' or 'feast', got {read_path!r}")
@@ -141,7 +143,7 @@ class OnlineFeatureStore:
         if self.read_path == "direct":
             self._direct = DirectReader(store, redis=self.settings.online_store == "redis", cache=self.cache,
                                         redis_read=self.redis_read,
-                                        script_max_keys=self.redis_script_max_keys)
+                                        script_max_keys=self.redis_script_max_keys, lane=self.redis_lane)
         services = {fs.name: self._resolve(store, fs) for fs in store.list_feature_services()}
         if probe_service not in services:
             raise LookupError(
