@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from bench.requests import METHODS, bodies, check_reply
-from bench.stats import scrape_stages, stage_means_ms, summarize
+from bench.stats import cpu_share, cpu_times, scrape_stages, stage_means_ms, summarize
 
 TIMEOUT_S = 10.0
 
@@ -68,14 +68,22 @@ async def run_cell(cell: dict) -> dict:
             await _phase(call, kind, rows, reqs, conc, cell["warmup"], None)
         before = scrape_stages(cell["metrics_url"]) if cell.get("metrics_url") else None
         latencies: list[float] = []
+        cpu0 = cpu_times()
         t0 = time.perf_counter()
         errors, sample = await _phase(call, kind, rows, reqs, conc, cell["seconds"], latencies)
         elapsed = time.perf_counter() - t0
+        cpu1 = cpu_times()
         after = scrape_stages(cell["metrics_url"]) if cell.get("metrics_url") else None
     res = summarize(cell["name"], kind, conc, rows, elapsed, latencies, errors, sample)
     if before is not None and after is not None:
         res.stages_ms = stage_means_ms(before, after, res.requests)
+    res.machine_cpu = cpu_share(cpu0, cpu1)
     return res.as_dict()
+
+
+def _cpu_note(res: dict) -> str:
+    cpu = res.get("machine_cpu")
+    return f"  (machine busy {cpu['busy_pct']:.0f}%, steal {cpu['steal_pct']:.0f}%)" if cpu else ""
 
 
 async def main_async(spec: list[dict], out: Path) -> None:
@@ -83,7 +91,7 @@ async def main_async(spec: list[dict], out: Path) -> None:
     for cell in spec:
         res = await run_cell(cell)
         print(f"  {res['name']:<28} {res['rps']:8.0f} rps  p50 {res['p50_ms']:7.2f}  p99 {res['p99_ms']:7.2f} ms"
-              f"  errors {res['errors']}", flush=True)
+              f"  errors {res['errors']}{_cpu_note(res)}", flush=True)
         results.append(res)
         out.write_text(json.dumps(results, indent=1))  # partial results survive an interrupted run
 

@@ -141,6 +141,12 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}" if v < 100 else f"{v:.0f}"
 
 
+def _cpu(cell: dict) -> str:
+    """The machine's CPU in the cell's window (all cores): busy / stolen by the hypervisor."""
+    cpu = cell.get("machine_cpu")
+    return f"{cpu['busy_pct']:.0f} / {cpu['steal_pct']:.0f}" if cpu else ""
+
+
 def render(results: dict) -> str:
     r = results
     lines = ["# meshserve benchmark", "",
@@ -149,6 +155,8 @@ def render(results: dict) -> str:
              f"floors and features cells: {r['settings']['floor_seconds']:.0f} s. Closed loop, one async gRPC client process, "
              "one channel, pre-serialized requests. Latencies in ms; stage columns are the mean time per request "
              "in each gateway stage (diff of `meshserve_gateway_stage_duration_seconds` sums over the window). "
+             "CPU busy / steal: the whole machine's CPU over the cell's measured window, from /proc/stat; "
+             "steal is time the host gave our vCPUs to someone else (a shared machine's noise, made visible). "
              "Load generator, services and Redis share the same cores. "
              f"Every server of the run (both stacks, the echo/relay servers, `feast listen`) ran with "
              f"GRPC_EXPERIMENTS={r['settings'].get('server_grpc_experiments', '')!r} (meshserve_runtime.grpc_env); "
@@ -158,13 +166,13 @@ def render(results: dict) -> str:
         verdict = "not measured" if t["pass"] is None else ("**pass**" if t["pass"] else "**FAIL**")
         lines.append(f"| {t['target']} | {t['measured']} | {verdict} |")
     lines += ["", "## Matrix and gRPC cells", "",
-              "| cell | rows | concurrency | RPS | p50 | p90 | p99 | errors | features | preprocess | model |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| cell | rows | concurrency | RPS | p50 | p90 | p99 | errors | features | preprocess | model | CPU busy / steal % |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in r["cells"]:
         st = c.get("stages_ms") or {}
         stages = [_fmt(st[k]) if k in st else "" for k in ("features", "preprocess", "model")]
         lines.append(f"| {c['name']} | {c['rows']} | {c['concurrency']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | "
-                     f"{_fmt(c['p90_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | " + " | ".join(stages) + " |")
+                     f"{_fmt(c['p90_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | " + " | ".join(stages) + f" | {_cpu(c)} |")
     errs = [c for c in r["cells"] if c["errors"]]
     for c in errs:
         lines.append(f"\n{c['name']}: {c['errors']} errors, first: `{c['error_sample']}`")
@@ -175,9 +183,9 @@ def render(results: dict) -> str:
                   f"({r.get('spans_exported', '?')} spans reached the collector stand-in in the whole run). OFF: a second stack "
                   "with `OTEL_SDK_DISABLED=true` (no tracing SDK, no trace ids; Prometheus metrics stay, they are not optional). "
                   f"Cells ran in the order {', '.join(c['name'].split('_')[1] for c in obs)}, both stacks up.", "",
-                  "| cell | RPS | p50 | p99 | errors |", "|---|---|---|---|---|"]
+                  "| cell | RPS | p50 | p99 | errors | CPU busy / steal % |", "|---|---|---|---|---|---|"]
         for c in obs:
-            lines.append(f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} |")
+            lines.append(f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | {_cpu(c)} |")
     f = r.get("floors", {})
     if f:
         lines += ["", "## Floors", "", "| floor | 1 entity / batch 1 | 100 entities / batch 64 |", "|---|---|---|"]

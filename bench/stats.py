@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import urllib.request
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 STAGE_METRIC = "meshserve_gateway_stage_duration_seconds"
+PROC_STAT = Path("/proc/stat")
 
 
 @dataclass
@@ -28,6 +30,9 @@ class CellResult:
     error_sample: str = ""
     stages_ms: dict[str, float] | None = None
     """Mean time per request in each gateway stage (from the histogram sums/counts diff)."""
+    machine_cpu: dict[str, float] | None = None
+    """The whole machine's CPU during the measured window (cpu_share): how busy, and how
+    much the hypervisor took away (steal), so a slow cell on a shared host shows why."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -79,3 +84,31 @@ def stage_means_ms(before: dict[str, tuple[float, float]], after: dict[str, tupl
         s0, _c0 = before.get(stage, (0.0, 0.0))
         out[stage] = (s1 - s0) / requests * 1e3
     return out
+
+
+def cpu_times(path: Path = PROC_STAT) -> list[int] | None:
+    """The machine's aggregate CPU counters from /proc/stat (user, nice, system, idle,
+    iowait, irq, softirq, steal, in clock ticks), or None where there is no /proc/stat."""
+    try:
+        first = path.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if len(first) < 5 or first[0] != "cpu":
+        return None
+    values = [int(v) for v in first[1:9]]
+    return values + [0] * (8 - len(values))  # old kernels have no steal column
+
+
+def cpu_share(before: list[int] | None, after: list[int] | None) -> dict[str, float] | None:
+    """Percent of all cores' time between two cpu_times() readings: `busy` (user, system,
+    interrupts), and `steal` (time a vCPU wanted to run but the host ran something else).
+    Guest time is already inside user, so it is not added again."""
+    if before is None or after is None:
+        return None
+    d = [a - b for a, b in zip(after, before, strict=True)]
+    total = sum(d)
+    if total <= 0:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = d
+    busy = user + nice + system + irq + softirq
+    return {"busy_pct": round(100 * busy / total, 1), "steal_pct": round(100 * steal / total, 1)}

@@ -1,0 +1,48 @@
+"""The benchmark's own arithmetic: stage means per request and the machine's CPU share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.report import _cpu
+from bench.stats import cpu_share, cpu_times, stage_means_ms
+
+
+def stat_file(tmp_path: Path, cpu_line: str) -> Path:
+    p = tmp_path / "stat"
+    p.write_text(f"{cpu_line}\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 123\n")
+    return p
+
+
+def test_cpu_times_reads_the_aggregate_line_and_pads_a_missing_steal_column(tmp_path: Path) -> None:
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    assert cpu_times(stat_file(tmp_path, "cpu  100 1 20 500 3 0 2 40 7 0")) == [100, 1, 20, 500, 3, 0, 2, 40]
+    assert cpu_times(stat_file(tmp_path, "cpu  100 1 20 500 3 0 2")) == [100, 1, 20, 500, 3, 0, 2, 0]
+    assert cpu_times(tmp_path / "missing") is None
+    assert cpu_times(stat_file(tmp_path, "intr 1 2 3 4 5")) is None
+
+
+def test_cpu_share_splits_busy_idle_and_steal() -> None:
+    before = [100, 0, 20, 500, 0, 0, 0, 10]
+    # +60 user, +10 system, +5 softirq, +100 idle, +5 iowait, +20 steal: 200 ticks in all.
+    after = [160, 0, 30, 600, 5, 0, 5, 30]
+    assert cpu_share(before, after) == {"busy_pct": 37.5, "steal_pct": 10.0}
+    assert cpu_share(None, after) is None
+    assert cpu_share(before, before) is None  # no time passed: no share to report
+
+
+def test_the_report_column_shows_busy_and_steal_or_nothing() -> None:
+    assert _cpu({"machine_cpu": {"busy_pct": 37.5, "steal_pct": 10.0}}) == "38 / 10"
+    assert _cpu({"machine_cpu": None}) == ""
+    assert _cpu({}) == ""
+
+
+def test_stage_means_are_per_client_request_not_per_observation() -> None:
+    before = {"features": (1.0, 10.0), "model": (2.0, 10.0)}
+    # 100 requests coalesced into 20 features calls: 0.5 s more in features over the window.
+    after = {"features": (1.5, 30.0), "model": (2.2, 30.0), "preprocess": (0.3, 20.0)}
+    means = stage_means_ms(before, after, 100)
+    assert means == pytest.approx({"features": 5.0, "model": 2.0, "preprocess": 3.0})
+    assert stage_means_ms(before, after, 0) == {}
