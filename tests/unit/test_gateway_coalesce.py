@@ -228,6 +228,62 @@ def test_unknown_entity_stays_with_its_caller() -> None:
     assert probs(d) == pytest.approx([expected(1003)], abs=1e-6)
 
 
+def test_an_entity_group_goes_to_preprocess_as_one_frame_of_its_found_rows() -> None:
+    """The features group starts one score call for all its found rows; every caller
+    gets its own rows back, unknown entities in the middle of a group included."""
+    async def go() -> tuple[list, Fakes, Pipeline]:
+        fakes = Fakes()
+        p = pipeline(fakes, delay_us=50_000, max_rows=256)
+        first = asyncio.ensure_future(p.predict_entities([entity(1000)], Deadline(5)))  # occupies the lanes
+        await asyncio.sleep(0)
+        group = [
+            p.predict_entities([entity(1001), entity(UNKNOWN_DRIVER), entity(1002)], Deadline(5)),
+            p.predict_entities([entity(UNKNOWN_DRIVER)], Deadline(5)),
+            p.predict_entities([entity(UNKNOWN_DRIVER), entity(1003)], Deadline(5)),
+            p.predict_entities([entity(1004, 2002)], Deadline(5)),
+        ]
+        return await asyncio.gather(first, *group, return_exceptions=True), fakes, p
+
+    (first, a, b, c, d), fakes, p = asyncio.run(go())
+    assert probs(first) == pytest.approx([expected(1000)], abs=1e-6)
+    assert probs(a)[0] == pytest.approx(expected(1001), abs=1e-6) and probs(a)[1] == "NOT_FOUND"
+    assert probs(a)[2] == pytest.approx(expected(1002), abs=1e-6)
+    assert isinstance(b, NotFound)
+    assert probs(c)[0] == "NOT_FOUND" and probs(c)[1] == pytest.approx(expected(1003), abs=1e-6)
+    assert probs(d) == pytest.approx([expected(1004, 2002)], abs=1e-6)
+    assert "driver_id=9999" in a.predictions[1].error.message
+    assert fakes.features_calls == [1, 7]
+    assert fakes.preprocess_calls == [1, 4]  # the group's 4 found rows, in one frame
+    assert p.score_coalescer.groups == 0  # not cut per caller and merged again: one item
+    assert a.model.version == d.model.version == "1"
+
+
+def test_an_entity_group_whose_shared_score_call_times_out_scores_each_caller_alone() -> None:
+    """The group's score call runs under its earliest deadline; when that runs out, each
+    caller is scored again alone under its own deadline, so only the short one fails."""
+    class ShortTimeoutsRefused(Fakes):
+        async def Transform(self, request: preprocess_pb2.TransformRequest, timeout: float | None = None) -> preprocess_pb2.TransformResponse:
+            if timeout is not None and timeout < 1.0:
+                self.preprocess_calls.append(request.frame.num_rows)
+                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+            return await super().Transform(request, timeout)
+
+    async def go() -> tuple[list, Fakes]:
+        fakes = ShortTimeoutsRefused()
+        p = pipeline(fakes, delay_us=50_000, max_rows=256)
+        first = asyncio.ensure_future(p.predict_entities([entity(1000)], Deadline(5)))
+        await asyncio.sleep(0)
+        group = [p.predict_entities([entity(1001)], Deadline(0.5)), p.predict_entities([entity(1002)], Deadline(5))]
+        return await asyncio.gather(first, *group, return_exceptions=True), fakes
+
+    (first, short, long_), fakes = asyncio.run(go())
+    assert probs(first) == pytest.approx([expected(1000)], abs=1e-6)
+    assert isinstance(short, ServiceError) and short.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert probs(long_) == pytest.approx([expected(1002)], abs=1e-6)
+    assert fakes.features_calls == [1, 2]
+    assert 2 in fakes.preprocess_calls  # the group's call was tried before the callers went alone
+
+
 def test_malformed_input_fails_only_its_caller() -> None:
     async def go() -> tuple[list, Fakes]:
         fakes = Fakes()

@@ -55,6 +55,7 @@ class _Member(Generic[T, R]):
     rows: int
     deadline: Deadline
     future: asyncio.Future[R]
+    callers: int = 1  # gateway callers this item stands for (an item may carry a whole group)
 
 
 @dataclass(slots=True)
@@ -96,8 +97,11 @@ class Coalescer(Generic[T, R]):
     def enabled(self) -> bool:
         return self.max_delay_s > 0 and self.max_rows > 0
 
-    async def submit(self, key: Hashable, item: T, rows: int, deadline: Deadline) -> R:
+    async def submit(self, key: Hashable, item: T, rows: int, deadline: Deadline, callers: int = 1) -> R:
+        """Serve `item` (`rows` rows, on behalf of `callers` gateway callers), alone or in a group."""
         if not self.enabled or rows >= self.max_rows:
+            if self._on_dispatch is not None:
+                self._on_dispatch(callers, rows)
             return await self._run_one(item, deadline)
         lane = self._lanes.get(key)
         if lane is None:
@@ -106,14 +110,14 @@ class Coalescer(Generic[T, R]):
             # Idle lane: go now. The caller's own task runs the call (no hand-off cost).
             lane.in_flight += 1
             if self._on_dispatch is not None:
-                self._on_dispatch(1, rows)
+                self._on_dispatch(callers, rows)
             try:
                 return await self._run_one(item, deadline)
             finally:
                 lane.in_flight -= 1
                 self._on_idle(key, lane)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        lane.queue.append(_Member(item, rows, deadline, future))
+        lane.queue.append(_Member(item, rows, deadline, future, callers))
         lane.rows += rows
         if lane.rows >= self.max_rows:
             self._flush(key)  # a full group goes at once, busy stage or not: bounded wait
@@ -162,7 +166,7 @@ class Coalescer(Generic[T, R]):
     def _start(self, key: Hashable, lane: _Lane[T, R], group: list[_Member[T, R]]) -> None:
         lane.in_flight += 1
         if self._on_dispatch is not None:
-            self._on_dispatch(len(group), sum(m.rows for m in group))
+            self._on_dispatch(sum(m.callers for m in group), sum(m.rows for m in group))
         task = asyncio.create_task(self._run(key, lane, group))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
