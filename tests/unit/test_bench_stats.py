@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.report import _cpu
+from bench.report import _cpu, targets
 from bench.stats import cpu_share, cpu_times, stage_means_ms
 
 
@@ -46,3 +46,21 @@ def test_stage_means_are_per_client_request_not_per_observation() -> None:
     means = stage_means_ms(before, after, 100)
     assert means == pytest.approx({"features": 5.0, "model": 2.0, "preprocess": 3.0})
     assert stage_means_ms(before, after, 0) == {}
+
+
+def test_each_target_carries_the_most_steal_of_the_cells_it_rests_on() -> None:
+    def cell(name: str, p50: float, steal: float | None) -> dict:
+        return {"name": name, "p50_ms": p50, "rps": 100.0, "p99_ms": 2 * p50, "errors": 0,
+                "machine_cpu": None if steal is None else {"busy_pct": 50.0, "steal_pct": steal}}
+
+    results = {"cells": [cell("entities_1_c1", 3.5, 2.0), cell("features_1_c1", 1.0, 1.0), cell("feast_listen_1_c1", 2.5, 17.0),
+                         cell("echo4_pipeline_c1", 2.0, None)]}
+    by_target = {t["target"]: t for t in targets(results)}
+    c1 = by_target["PredictEntities 1 entity, c=1: p50 <= 4 ms"]
+    assert (c1["pass"], c1["max_steal_pct"]) == (True, 2.0)
+    features = by_target["features service p50 <= 1/2 of `feast listen`, 1 entity"]
+    assert (features["pass"], features["max_steal_pct"]) == (True, 17.0)  # the feast listen cell's steal
+    ratio = next(t for name, t in by_target.items() if "pipeline-shaped" in name)
+    assert (ratio["pass"], ratio["max_steal_pct"]) == (False, 2.0)  # 3.5 > 1.5 x 2.0; the echo cell had no reading
+    c64 = by_target["PredictEntities 1 entity, c=64: >= 1,000 RPS, p99 <= 100 ms, no errors"]
+    assert (c64["pass"], c64["max_steal_pct"]) == (None, None)  # not measured
