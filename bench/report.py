@@ -212,6 +212,10 @@ def render(results: dict) -> str:
             fw = f["forward"]
             lines.append(f"| forward pass of the registered model ({fw.get('module')}, v{fw.get('model_version')}, 1 thread) "
                          f"| {fw['batch_1_p50_ms']:.3f} | {fw['batch_64_p50_ms']:.3f} |")
+            sv = fw.get("served")
+            if sv:
+                lines.append(f"| forward pass as the model service serves it (optimize={sv['optimize']}: {sv['module']}, 1 thread) "
+                             f"| {sv['batch_1_p50_ms']:.3f} | {sv['batch_64_p50_ms']:.3f} |")
         lines += ["", "The Redis floor sends exactly the commands Feast's Redis store sends for `driver_ranking_v1` "
                   "(one HMGET per unique entity per feature view, built with Feast's own key/field helpers), "
                   "in one non-transactional pipeline, without decoding: the network + Redis share of a read."]
