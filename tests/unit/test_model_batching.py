@@ -136,3 +136,36 @@ def test_traced_module_matches_the_loaded_one_at_every_batch_size() -> None:
         for n in (1, 5, 300):
             x = torch.randn(n, N_FEATURES)
             torch.testing.assert_close(traced(x), module(x), atol=1e-7, rtol=0)
+
+
+def test_on_cpu_the_trace_is_served_frozen_and_optimized_for_inference() -> None:
+    from meshserve_model.model import _traced
+
+    torch.manual_seed(0)
+    module = Tiny().eval()
+    served = _traced(module, N_FEATURES, torch.device("cpu"), torch.float32)
+    assert isinstance(served, torch.jit.ScriptModule)
+    assert not list(served.parameters())  # frozen: the weights are constants of the graph
+
+
+def test_a_frozen_form_that_differs_falls_back_to_the_plain_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshserve_model.model import _traced
+
+    class Off(torch.nn.Module):
+        """What a faulty graph rewrite would give: close, but not the same outputs."""
+
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) + 1e-3
+
+    monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda m: Off(m))
+    torch.manual_seed(0)
+    module = Tiny().eval()
+    served = _traced(module, N_FEATURES, torch.device("cpu"), torch.float32)
+    assert isinstance(served, torch.jit.ScriptModule) and list(served.parameters())  # the unfrozen trace
+    with torch.inference_mode():
+        x = torch.randn(7, N_FEATURES)
+        torch.testing.assert_close(served(x), module(x), atol=1e-7, rtol=0)

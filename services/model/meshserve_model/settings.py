@@ -40,7 +40,7 @@ class ModelSettings(ServerSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """Inference precision; float16/bfloat16 halve memory traffic on a GPU (outputs are still FP32)."""
     optimize: Literal["none", "jit_trace"] = "jit_trace"
-    """jit_trace: serve a torch.jit.trace of the loaded pt2 module (checked equal at load; ~6x faster measured); none: as loaded."""
+    """jit_trace: serve a torch.jit.trace of the loaded pt2 module, frozen and optimized for inference on CPU (checked equal at load; ~8x faster measured); none: as loaded."""
     max_batch_size: int = Field(default=256, ge=1)
     """Most rows the batcher merges into one forward pass (a larger single call runs alone)."""
     max_queue_delay_us: int = Field(default=500, ge=0)
