@@ -33,9 +33,9 @@ class PreprocessServicer(preprocess_pb2_grpc.PreprocessServiceServicer):
             y = pre.transform(x)
         # Finite input can still overflow the float32 tensor (e.g. 1e308, or a value the
         # scaler blows up): refuse it here rather than hand the model NaN or infinity.
-        overflow = ~np.isfinite(y).all(axis=1)
-        if overflow.any():
-            row = int(np.argmax(overflow))
+        finite = np.isfinite(y)
+        if not finite.all():
+            row = int(np.argmin(finite.all(axis=1)))
             values = {name: float(v) for name, v in zip(pre.input_columns, x[row], strict=True)}
             raise InvalidArgument(f"row {row} {values} overflows float32 once preprocessed; send feature values of a realistic magnitude")
         return preprocess_pb2.TransformResponse(tensor=encode_tensor(y), preprocessor=pre.artifact.identity())

@@ -55,24 +55,32 @@ class LoadedPreprocessor:
             if unknown:
                 parts.append(f"unknown columns {unknown}")
             raise InvalidArgument(f"wrong column set: {'; '.join(parts)}; expected exactly {list(self.input_columns)}")
+        # Column by column only what must be (the type check and the copy in); the null and
+        # finiteness work runs once on the whole matrix. Each numpy call costs tens of
+        # microseconds when a call arrives after the process sat idle (measured on these
+        # VMs: ~180 us for the per-column version of this method at 1 row, after 5 ms idle).
         x = np.empty((num_rows, len(self.input_columns)), dtype=np.float64)
+        null: np.ndarray | None = None
         for j, name in enumerate(self.input_columns):
             col = columns[name]
             if col.kind not in _NUMERIC_KINDS:
                 raise InvalidArgument(f"column {name!r} must be double or int64, got {col.kind.removesuffix('_values')}")
-            values = col.values.astype(np.float64, copy=False)
+            x[:, j] = col.values
             if col.null is not None:
-                values = np.where(col.null, np.nan, values)
-                finite = np.isfinite(values) | col.null
-            else:
-                finite = np.isfinite(values)
-            if not finite.all():
-                row = int(np.argmin(finite))
-                raise InvalidArgument(
-                    f"column {name!r} row {row} is {values[row]!r}: NaN and infinity are not accepted; "
-                    "mark a missing value as null instead"
-                )
-            x[:, j] = values
+                if null is None:
+                    null = np.zeros(x.shape, dtype=bool)
+                null[:, j] = col.null
+        finite = np.isfinite(x)
+        if null is not None:
+            x[null] = np.nan  # what the fitted imputers expect for a missing value
+            finite |= null
+        if not finite.all():
+            j = int(np.argmax(~finite.all(axis=0)))  # the first offending column, then its first row
+            row = int(np.argmin(finite[:, j]))
+            raise InvalidArgument(
+                f"column {self.input_columns[j]!r} row {row} is {x[row, j]!r}: NaN and infinity are not accepted; "
+                "mark a missing value as null instead"
+            )
         return x
 
     def transform(self, x: np.ndarray) -> np.ndarray:
