@@ -96,6 +96,22 @@ def encode_frame(columns: Mapping[str, ColumnData], num_rows: int) -> types_pb2.
     return frame
 
 
+def encode_double_block(names: Sequence[str], values: np.ndarray, null: np.ndarray | None = None) -> types_pb2.Frame:
+    """A [columns, rows] float64 block (and its null mask, True = null) -> Frame of double
+    columns named `names`. The same Frame as encode_frame of one float_column per row of
+    the block, with one numpy conversion for the whole block instead of a few per column
+    (each costs tens of microseconds when a call comes after the process sat idle)."""
+    value_rows = np.asarray(values, dtype=np.float64).tolist()
+    null_rows = null.tolist() if null is not None and null.any() else None
+    frame = types_pb2.Frame(num_rows=values.shape[1])
+    for j, name in enumerate(names):
+        col = frame.columns.add(name=name)
+        col.double_values.values.extend(value_rows[j])
+        if null_rows is not None and any(null_rows[j]):
+            col.null_mask.extend(null_rows[j])
+    return frame
+
+
 def float_column(values: np.ndarray, null: np.ndarray | None = None) -> ColumnData:
     return ColumnData(KIND_DOUBLE, np.asarray(values, dtype=np.float64), null)
 

@@ -61,3 +61,18 @@ def test_tensor_byte_length_must_match_shape() -> None:
         decode_tensor(t)
     with pytest.raises(InvalidArgument, match="not supported"):
         decode_tensor(types_pb2.Tensor(shape=[1], dtype=types_pb2.DTYPE_UNSPECIFIED, data=b""))
+
+
+def test_a_double_block_encodes_as_the_same_frame_as_its_columns_one_by_one() -> None:
+    from meshserve_runtime.codecs import encode_double_block, encode_frame, float_column
+
+    values = np.array([[1.5, 0.0, -2.0], [3.0, 4.25, 0.0], [7.0, 8.0, 9.0]])
+    null = np.array([[False, True, False], [False, False, True], [False, False, False]])
+    names = ["a", "b", "c"]
+    by_column = encode_frame({n: float_column(values[j], null[j]) for j, n in enumerate(names)}, 3)
+    assert encode_double_block(names, values, null) == by_column
+    assert not len(encode_double_block(names, values, null).columns[2].null_mask)  # no nulls there: no mask
+    plain = encode_frame({n: float_column(values[j]) for j, n in enumerate(names)}, 3)
+    assert encode_double_block(names, values) == plain
+    assert encode_double_block(names, values, np.zeros_like(null)) == plain
+    assert decode_frame(encode_double_block(names, values, null))["b"].null.tolist() == [False, False, True]

@@ -11,7 +11,7 @@ import grpc
 import numpy as np
 from meshserve.v1 import features_pb2, features_pb2_grpc
 
-from meshserve_runtime.codecs import ColumnData, decode_frame, encode_frame, float_column
+from meshserve_runtime.codecs import decode_frame, encode_double_block
 from meshserve_runtime.errors import InvalidArgument, NotFound, Unavailable
 from meshserve_runtime.tracing import span
 
@@ -121,18 +121,17 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
 
     def encode(self, spec: ServiceSpec, batch: FeatureBatch) -> features_pb2.GetOnlineFeaturesResponse:
         """Double columns in the feature service's order, null where not PRESENT, plus statuses."""
-        n = batch.values.shape[1]
         absent = batch.status != _PRESENT  # [features, rows], once for the whole block
+        any_absent = bool(absent.any())
         # 0.0 is the placeholder under the null mask (not NaN: nothing downstream must see one).
-        values = np.where(absent, 0.0, batch.values) if absent.any() else batch.values
-        absent_rows = absent.any(axis=1).tolist()
-        cols = {name: float_column(values[j], absent[j] if absent_rows[j] else None) for j, name in enumerate(batch.names)}
+        values = np.where(absent, 0.0, batch.values) if any_absent else batch.values
+        statuses = batch.status.tolist()  # one conversion for the block, not one per feature
         resp = features_pb2.GetOnlineFeaturesResponse(
             feature_service=spec.name,
-            statuses=[features_pb2.FeatureStatusColumn(name=name, statuses=batch.status[j].tolist()) for j, name in enumerate(batch.names)],
-            features=encode_frame(cols, n),
+            statuses=[features_pb2.FeatureStatusColumn(name=name, statuses=statuses[j]) for j, name in enumerate(batch.names)],
+            features=encode_double_block(batch.names, values, absent if any_absent else None),
         )
-        if not any(absent_rows):  # the common case: one counter, no counting pass
+        if not any_absent:  # the common case: one counter, no counting pass
             FEATURE_VALUES.labels(spec.name, "PRESENT").inc(batch.status.size)
             return resp
         codes, counts = np.unique(batch.status, return_counts=True)
