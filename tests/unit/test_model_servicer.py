@@ -150,3 +150,29 @@ async def test_input_from_a_newer_release_waits_for_the_reload(servicer: Inferen
     req = _request(np.zeros((1, N_FEATURES), np.float32))
     req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-b"
     assert (await servicer.ModelInfer(req, None)).model_version == "4"
+
+
+@pytest.mark.parametrize(
+    "probabilities",
+    [
+        np.array([[0.25], [0.5]], dtype=np.float32),
+        np.array([[0.25], [0.5]], dtype=np.float64),  # a model answering in double
+        np.array([[0.25, 9.0], [0.5, 9.0]], dtype=np.float32)[:, :1],  # a strided view
+        np.array([[0.25], [0.5]], dtype=">f4"),  # big-endian memory
+    ],
+)
+def test_raw_output_is_little_endian_fp32_row_major_whatever_the_array(probabilities: np.ndarray) -> None:
+    from meshserve_model.codecs import encode_output
+
+    response = v2.ModelInferResponse()
+    encode_output(response, probabilities, raw=True)
+    assert list(response.outputs[0].shape) == [2, 1]
+    assert response.raw_output_contents[0] == np.array([0.25, 0.5], dtype="<f4").tobytes()
+
+
+def test_a_cpu_float32_forward_pass_comes_back_as_float32_rows() -> None:
+    loaded = LoadedModel(
+        ResolvedArtifact("m", "1", "run", "production", "uri"), Tiny().eval(), torch.device("cpu"), N_FEATURES, "pytorch"
+    )
+    out = loaded.predict(np.ones((4, N_FEATURES), dtype=np.float32))
+    assert out.dtype == np.float32 and out.shape == (4, 1)

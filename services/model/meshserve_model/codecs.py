@@ -9,6 +9,8 @@ from meshserve_runtime.errors import InvalidArgument
 
 from meshserve_model.model import INPUT_NAME, OUTPUT_NAME
 
+_LE_FP32 = np.dtype("<f4")  # the wire's FP32: little-endian, row-major
+
 _TYPED_FIELDS = (
     "bool_contents", "int_contents", "int64_contents", "uint_contents",
     "uint64_contents", "fp32_contents", "fp64_contents", "bytes_contents",
@@ -66,6 +68,8 @@ def encode_output(response: v2.ModelInferResponse, probabilities: np.ndarray, ra
     """Add the probability output; raw bytes when the request came raw, typed otherwise."""
     out = response.outputs.add(name=OUTPUT_NAME, datatype="FP32", shape=list(probabilities.shape))
     if raw:
-        response.raw_output_contents.append(np.ascontiguousarray(probabilities, dtype="<f4").tobytes())
+        if probabilities.dtype != _LE_FP32 or not probabilities.flags.c_contiguous:
+            probabilities = np.ascontiguousarray(probabilities, dtype=_LE_FP32)
+        response.raw_output_contents.append(probabilities.tobytes())
     else:
         out.contents.fp32_contents.extend(probabilities.ravel().tolist())
