@@ -36,7 +36,7 @@ from meshserve_runtime.protocol import (
     SKEW_GUARD_MESSAGE_PREFIX,
 )
 
-from meshserve_gateway.coalesce import DEFAULT_RETRY_ALONE, Coalescer
+from meshserve_gateway.coalesce import Coalescer
 from meshserve_gateway.deadline import Deadline
 from meshserve_gateway.metrics import COALESCED_CALLERS, SKEW_RETRIES, stage
 from meshserve_gateway.rows import check_finite, concat_frames, describe_row, frame_schema, rows_to_frame, slice_frame
@@ -205,7 +205,7 @@ class Pipeline:
             # Shielded: one caller going away must not cancel the call its group shares.
             scored = await asyncio.shield(share.scored)
         except ServiceError as err:
-            if err.code not in DEFAULT_RETRY_ALONE:
+            if err.code not in self.score_coalescer.retry_alone:  # the same rule as a coalesced group's
                 raise ServiceError(err.message, err.code) from None  # one exception object per caller
             # A status this caller's rows or the group's (earliest) deadline may have
             # caused: score this caller's rows alone, within its own deadline.
