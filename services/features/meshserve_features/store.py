@@ -234,8 +234,8 @@ class OnlineFeatureStore:
             raise
 
     def _finish_direct(self, spec: ServiceSpec, values: np.ndarray, has: np.ndarray, ts: np.ndarray) -> FeatureBatch:
-        # The direct path reads present values only; Feast's own status is PRESENT throughout.
-        return self._finish(spec, values, has, np.full(has.shape, _FEAST_PRESENT, dtype=np.int8), ts)
+        # The direct path reads present values only: no Feast statuses to combine.
+        return self._finish(spec, values, has, None, ts)
 
     def _to_batch(self, spec: ServiceSpec, proto: Any, n: int) -> FeatureBatch:
         index = {name: i for i, name in enumerate(proto.metadata.feature_names.val)}
@@ -260,18 +260,22 @@ class OnlineFeatureStore:
             np.array(ts, dtype=np.float64).reshape(shape),
         )
 
-    def _finish(self, spec: ServiceSpec, values: np.ndarray, has: np.ndarray, fst: np.ndarray, ts: np.ndarray) -> FeatureBatch:
-        """Statuses from [features, rows] values, has-value, Feast statuses and timestamps (both paths)."""
+    def _finish(self, spec: ServiceSpec, values: np.ndarray, has: np.ndarray, fst: np.ndarray | None, ts: np.ndarray) -> FeatureBatch:
+        """Statuses from [features, rows] values, has-value, Feast statuses (None: all
+        PRESENT, the direct path) and timestamps (both paths)."""
         # An unset value is NOT_FOUND whatever Feast says (Redis: "PRESENT" with no value).
-        present = has & (fst == _FEAST_PRESENT)
-        too_old = has & (fst == _FEAST_OUTSIDE_MAX_AGE)
+        present = has & (fst == _FEAST_PRESENT) if fst is not None else has
+        too_old = has & (fst == _FEAST_OUTSIDE_MAX_AGE) if fst is not None else None
         if self.enforce_ttl and spec.ttl_limits is not None:
             expired = present & (ts < self.clock() - spec.ttl_limits)
-            present &= ~expired
-            too_old |= expired
-        status = np.where(present, _PRESENT, np.where(too_old, _OUTSIDE_MAX_AGE, _NOT_FOUND))
-        if not present.all():
-            values[~present] = np.nan
+            if expired.any():
+                present = present & ~expired
+                too_old = expired if too_old is None else too_old | expired
+        if present.all():  # the common case: one status for the whole block, values as read
+            return FeatureBatch(spec.features, values, np.full(present.shape, _PRESENT, dtype=np.int8))
+        absent_status = _NOT_FOUND if too_old is None else np.where(too_old, _OUTSIDE_MAX_AGE, _NOT_FOUND)
+        status = np.where(present, _PRESENT, absent_status)
+        values[~present] = np.nan
         return FeatureBatch(spec.features, values, status.astype(np.int8, copy=False))
 
     def close(self) -> None:
