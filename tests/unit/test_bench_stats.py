@@ -64,3 +64,25 @@ def test_each_target_carries_the_most_steal_of_the_cells_it_rests_on() -> None:
     assert (ratio["pass"], ratio["max_steal_pct"]) == (False, 2.0)  # 3.5 > 1.5 x 2.0; the echo cell had no reading
     c64 = by_target["PredictEntities 1 entity, c=64: >= 1,000 RPS, p99 <= 100 ms, no errors"]
     assert (c64["pass"], c64["max_steal_pct"]) == (None, None)  # not measured
+
+
+def test_interleaved_cells_are_averaged_per_side() -> None:
+    def cell(name: str, p50: float, rps: float = 100.0, steal: float = 0.0) -> dict:
+        return {"name": name, "p50_ms": p50, "rps": rps, "p99_ms": 2 * p50, "errors": 0,
+                "machine_cpu": {"busy_pct": 50.0, "steal_pct": steal}}
+
+    # One noisy cell of ours (3.0 ms) alone would fail the 1/2 limit; the mean of both passes.
+    results = {"cells": [cell("features_1_c1", 3.0, steal=20.0), cell("feast_listen_1_c1", 4.0),
+                         cell("feast_listen_1_c1_2", 4.0), cell("features_1_c1_2", 0.9)],
+               "observability": [cell(f"obs_{mode}_c64_{rep}", 50.0, rps)
+                                 for mode, rep, rps in (("on", 1, 700.0), ("off", 1, 1000.0), ("off", 2, 1000.0), ("on", 2, 1000.0),
+                                                        ("off", 3, 1000.0), ("on", 3, 1000.0), ("on", 4, 980.0), ("off", 4, 1000.0))]}
+    by_target = {t["target"]: t for t in targets(results)}
+    features = by_target["features service p50 <= 1/2 of `feast listen`, 1 entity"]
+    assert features["pass"] is True and features["max_steal_pct"] == 20.0
+    assert features["measured"].startswith("1.95 ms vs 4.00 ms (0.49x)")
+    obs = by_target["observability on costs <= 10% of throughput, c=64"]
+    # (700 + 1000 + 1000 + 980) / 4 = 920 vs 1000: the one slow ON cell no longer fails it alone.
+    assert obs["pass"] is True and "920 vs 1000 RPS (0.92x, mean of 4 / 4 cells)" == obs["measured"]
+    results["observability"][0]["rps"] = 300.0  # a real 10%+ cost on average still fails
+    assert next(t for t in targets(results) if t["target"].endswith("c=64") and "observability" in t["target"])["pass"] is False
