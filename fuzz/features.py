@@ -43,14 +43,13 @@ class Store:
     def service_names(self) -> list[str]:
         return [SPEC.name]
 
-    def read(self, spec: ServiceSpec, keys: Mapping[str, np.ndarray]) -> FeatureBatch:
+    def read(self, spec: ServiceSpec, keys: Mapping[str, list]) -> FeatureBatch:
         lengths = {len(v) for v in keys.values()}
         require(sorted(keys) == sorted(ENTITY_KEYS) and len(lengths) == 1, f"store handed keys {dict(keys)}")
-        require(all(v.dtype == np.int64 for v in keys.values()), "store handed non-int64 keys")
-        n = lengths.pop()
-        status = np.full((len(spec.features), n), Status.PRESENT, dtype=np.int8)
-        status[:, keys["driver_id"] > 5000] = Status.NOT_FOUND
-        values = np.where(status == Status.PRESENT, 0.5, np.nan)
+        require(all(type(k) is int for v in keys.values() for k in v), "store handed non-int keys")
+        found = [d <= 5000 for d in keys["driver_id"]]
+        status = [[int(Status.PRESENT) if f else int(Status.NOT_FOUND) for f in found] for _ in spec.features]
+        values = [[0.5 if f else float("nan") for f in found] for _ in spec.features]
         return FeatureBatch(spec.features, values, status)
 
 

@@ -34,8 +34,8 @@ def _store(trained: TrainedHome, online_store: str, **kw: object) -> OnlineFeatu
     return store
 
 
-def _keys() -> dict[str, np.ndarray]:
-    return {"driver_id": np.array(DRIVERS, dtype=np.int64), "customer_id": np.array(CUSTOMERS, dtype=np.int64)}
+def _keys() -> dict[str, list[int]]:
+    return {"driver_id": list(DRIVERS), "customer_id": list(CUSTOMERS)}
 
 
 @pytest.mark.parametrize("later_days", [0, 3])

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from meshserve.v1 import features_pb2, features_pb2_grpc, types_pb2
 
 from meshserve_feature_repo.definitions import ENTITY_KEYS, FEATURE_SERVICE, MODEL_FEATURES
-from meshserve_features.store import OnlineFeatureStore, Status
+from meshserve_features.store import FeatureBatch, OnlineFeatureStore, Status
 from meshserve_runtime.errors import Unavailable
 from tests.fixtures.trained import TrainedHome, feast_settings
 
@@ -33,8 +33,13 @@ def loaded_store(trained: TrainedHome, online_store: str, **kw: object) -> Onlin
     return store
 
 
-def keys(drivers: list[int], customers: list[int]) -> dict[str, np.ndarray]:
-    return {"driver_id": np.array(drivers, dtype=np.int64), "customer_id": np.array(customers, dtype=np.int64)}
+def keys(drivers: list[int], customers: list[int]) -> dict[str, list[int]]:
+    return {"driver_id": list(drivers), "customer_id": list(customers)}
+
+
+def arrays(batch: FeatureBatch) -> tuple[np.ndarray, np.ndarray]:
+    """(status, values) of a batch as [features, rows] arrays, for slicing in asserts."""
+    return np.array(batch.status), np.array(batch.values)
 
 
 def test_wrapper_returns_exactly_what_feast_returns(trained: TrainedHome, online_store: str) -> None:
@@ -44,7 +49,7 @@ def test_wrapper_returns_exactly_what_feast_returns(trained: TrainedHome, online
     spec = store.service(FEATURE_SERVICE)
     assert spec.features == MODEL_FEATURES
     assert tuple(spec.join_keys) == ENTITY_KEYS
-    batch = store.read(spec, keys(DRIVERS, CUSTOMERS))
+    status, values = arrays(store.read(spec, keys(DRIVERS, CUSTOMERS)))
 
     fs = ops.feature_store(feast_settings(trained.home, online_store, trained.redis_url or ""))
     expected = fs.get_online_features(
@@ -54,33 +59,33 @@ def test_wrapper_returns_exactly_what_feast_returns(trained: TrainedHome, online
         for i in range(len(DRIVERS)):
             want = expected[name][i]
             if want is None:
-                assert batch.status[j, i] == Status.NOT_FOUND and np.isnan(batch.values[j, i]), (name, i)
+                assert status[j, i] == Status.NOT_FOUND and np.isnan(values[j, i]), (name, i)
             else:
-                assert batch.status[j, i] == Status.PRESENT, (name, i)
-                assert batch.values[j, i] == float(want), (name, i)
+                assert status[j, i] == Status.PRESENT, (name, i)
+                assert values[j, i] == float(want), (name, i)
     # The unknown driver: its stats are NOT_FOUND (also on Redis, which says PRESENT with no
     # value), its customer's profile is present.
-    assert (batch.status[:3, -1] == Status.NOT_FOUND).all()
-    assert (batch.status[3:, -1] == Status.PRESENT).all()
-    assert (batch.status[:, :-1] == Status.PRESENT).all()
+    assert (status[:3, -1] == Status.NOT_FOUND).all()
+    assert (status[3:, -1] == Status.PRESENT).all()
+    assert (status[:, :-1] == Status.PRESENT).all()
 
 
 def test_unknown_entities_are_not_found(trained: TrainedHome, online_store: str) -> None:
     store = loaded_store(trained, online_store)
-    batch = store.read(store.service(FEATURE_SERVICE), keys([9999, 1001], [8888, 8888]))
-    assert (batch.status[:, 0] == Status.NOT_FOUND).all() and np.isnan(batch.values[:, 0]).all()
-    assert (batch.status[:3, 1] == Status.PRESENT).all() and (batch.status[3:, 1] == Status.NOT_FOUND).all()
+    status, values = arrays(store.read(store.service(FEATURE_SERVICE), keys([9999, 1001], [8888, 8888])))
+    assert (status[:, 0] == Status.NOT_FOUND).all() and np.isnan(values[:, 0]).all()
+    assert (status[:3, 1] == Status.PRESENT).all() and (status[3:, 1] == Status.NOT_FOUND).all()
 
 
 def test_values_older_than_their_ttl_are_outside_max_age(trained: TrainedHome) -> None:
     """Three days from now the hourly driver stats (TTL 2 days) are too old; profiles (7 days) are not."""
     later = lambda: time.time() + 3 * 86400  # noqa: E731
     store = loaded_store(trained, "sqlite", clock=later)
-    batch = store.read(store.service(FEATURE_SERVICE), keys([1001], [2001]))
-    assert batch.status[:3, 0].tolist() == [Status.OUTSIDE_MAX_AGE] * 3 and np.isnan(batch.values[:3, 0]).all()
-    assert batch.status[3:, 0].tolist() == [Status.PRESENT] * 3
+    status, values = arrays(store.read(store.service(FEATURE_SERVICE), keys([1001], [2001])))
+    assert status[:3, 0].tolist() == [Status.OUTSIDE_MAX_AGE] * 3 and np.isnan(values[:3, 0]).all()
+    assert status[3:, 0].tolist() == [Status.PRESENT] * 3
     relaxed = loaded_store(trained, "sqlite", clock=later, enforce_ttl=False)
-    assert (relaxed.read(relaxed.service(FEATURE_SERVICE), keys([1001], [2001])).status == Status.PRESENT).all()
+    assert (arrays(relaxed.read(relaxed.service(FEATURE_SERVICE), keys([1001], [2001])))[0] == Status.PRESENT).all()
 
 
 def test_unreachable_redis_is_unavailable(trained: TrainedHome) -> None:

@@ -63,16 +63,24 @@ def test_tensor_byte_length_must_match_shape() -> None:
         decode_tensor(types_pb2.Tensor(shape=[1], dtype=types_pb2.DTYPE_UNSPECIFIED, data=b""))
 
 
-def test_a_double_block_encodes_as_the_same_frame_as_its_columns_one_by_one() -> None:
-    from meshserve_runtime.codecs import encode_double_block, encode_frame, float_column
+def test_frame_columns_checks_like_decode_frame_and_keeps_plain_values() -> None:
+    from meshserve_runtime.codecs import frame_columns
 
-    values = np.array([[1.5, 0.0, -2.0], [3.0, 4.25, 0.0], [7.0, 8.0, 9.0]])
-    null = np.array([[False, True, False], [False, False, True], [False, False, False]])
-    names = ["a", "b", "c"]
-    by_column = encode_frame({n: float_column(values[j], null[j]) for j, n in enumerate(names)}, 3)
-    assert encode_double_block(names, values, null) == by_column
-    assert not len(encode_double_block(names, values, null).columns[2].null_mask)  # no nulls there: no mask
-    plain = encode_frame({n: float_column(values[j]) for j, n in enumerate(names)}, 3)
-    assert encode_double_block(names, values) == plain
-    assert encode_double_block(names, values, np.zeros_like(null)) == plain
-    assert decode_frame(encode_double_block(names, values, null))["b"].null.tolist() == [False, False, True]
+    f = types_pb2.Frame(num_rows=3)
+    f.columns.add(name="a").int64_values.values.extend([1, 2, 3])
+    b = f.columns.add(name="b")
+    b.double_values.values.extend([0.5, 0.0, 2.0])
+    b.null_mask.extend([False, True, False])
+    c = f.columns.add(name="c")
+    c.string_values.values.extend(["x", "y", "z"])
+    c.null_mask.extend([False, False, False])  # an all-False mask means no nulls
+    raw = frame_columns(f)
+    assert [(n, col.kind, list(col.values)) for n, col in raw.items()] == [
+        ("a", "int64_values", [1, 2, 3]), ("b", "double_values", [0.5, 0.0, 2.0]), ("c", "string_values", ["x", "y", "z"])]
+    assert list(raw["b"].null or []) == [False, True, False] and raw["a"].null is None and raw["c"].null is None
+    decoded = decode_frame(f)
+    assert {n: d.values.tolist() for n, d in decoded.items()} == {n: list(col.values) for n, col in raw.items()}
+    assert decoded["b"].null is not None and decoded["b"].null.tolist() == [False, True, False] and decoded["c"].null is None
+    f.columns[0].int64_values.values.append(4)
+    with pytest.raises(InvalidArgument, match="column 'a' has 4 values but frame.num_rows is 3"):
+        frame_columns(f)

@@ -30,7 +30,7 @@ class FakeStore:
     """Drivers 1001/1002 exist; every customer exists; driver 1002's stats are too old."""
 
     def __init__(self) -> None:
-        self.reads: list[dict[str, np.ndarray]] = []
+        self.reads: list[dict[str, list]] = []
 
     def service(self, name: str) -> ServiceSpec:
         if name != SPEC.name:
@@ -41,21 +41,18 @@ class FakeStore:
     def service_names(self) -> list[str]:
         return [SPEC.name]
 
-    def read(self, spec: ServiceSpec, keys: Mapping[str, np.ndarray]) -> FeatureBatch:
+    def read(self, spec: ServiceSpec, keys: Mapping[str, list]) -> FeatureBatch:
         self.reads.append(dict(keys))
-        drivers, customers = keys["driver_id"], keys["customer_id"]
-        n = len(drivers)
-        values = np.zeros((6, n))
-        status = np.full((6, n), Status.PRESENT, dtype=np.int8)
-        for i, (d, c) in enumerate(zip(drivers.tolist(), customers.tolist(), strict=True)):
-            values[:3, i] = [d / 10000, 0.5, d % 7]
-            values[3:, i] = [c / 10000, 0.25, c % 5]
-            if d not in KNOWN_DRIVERS:
-                status[:3, i] = Status.NOT_FOUND
-                values[:3, i] = np.nan
-            elif d == 1002:
-                status[:3, i] = Status.OUTSIDE_MAX_AGE
-                values[:3, i] = np.nan
+        values: list[list[float]] = [[] for _ in range(6)]
+        status: list[list[int]] = [[] for _ in range(6)]
+        for d, c in zip(keys["driver_id"], keys["customer_id"], strict=True):
+            driver = Status.PRESENT if d in KNOWN_DRIVERS and d != 1002 else (Status.OUTSIDE_MAX_AGE if d == 1002 else Status.NOT_FOUND)
+            for j, v in enumerate([d / 10000, 0.5, d % 7]):
+                values[j].append(v if driver == Status.PRESENT else float("nan"))
+                status[j].append(int(driver))
+            for j, v in enumerate([c / 10000, 0.25, c % 5], start=3):
+                values[j].append(v)
+                status[j].append(int(Status.PRESENT))
         return FeatureBatch(spec.features, values, status)
 
 
@@ -119,7 +116,8 @@ def test_answers_features_in_service_order_with_null_mask_and_statuses() -> None
     assert list(resp.statuses[5].statuses) == [P, P, P]
     # Placeholders under the mask are finite (never NaN on the wire).
     assert np.isfinite(cols["acc_rate"].values).all()
-    assert store.reads[0]["driver_id"].dtype == np.int64
+    assert store.reads[0]["driver_id"] == [1001, 9999, 1002]  # plain ints reach the store
+    assert all(type(d) is int for d in store.reads[0]["driver_id"])
 
 
 def test_default_and_named_feature_service() -> None:

@@ -118,7 +118,7 @@ def test_regression_a_row_or_frame_too_wide_is_refused_before_any_work() -> None
 # Where each service's parsing lives, as its servicer module sees it.
 PARSERS = {
     "gateway": ("meshserve_gateway.pipeline", "rows_to_frame"),
-    "features": ("meshserve_features.servicer", "decode_frame"),
+    "features": ("meshserve_features.servicer", "frame_columns"),
     "preprocess": ("meshserve_preprocess.servicer", "decode_frame"),
     "model": ("meshserve_model.servicer", "decode_input"),
 }

@@ -20,12 +20,11 @@ from __future__ import annotations
 import calendar
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 from feast.protos.feast.types.Value_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -79,6 +78,10 @@ REDIS_KEY_CACHE_SIZE = 100_000
 #: (values, has value, event timestamp in epoch seconds) of one entity in one view.
 Decoded = tuple[list[float], list[bool], float]
 
+#: Per feature (the feature service's order), one entry per row: values, has value, and the
+#: event timestamp (epoch seconds) of the view the feature comes from.
+Columns = tuple[list[list[float]], list[list[bool]], list[list[float]]]
+
 
 @dataclass(frozen=True, slots=True)
 class ViewPlan:
@@ -119,12 +122,11 @@ def _servable(fv: Any) -> str | None:
 
 @dataclass(slots=True)
 class _Job:
-    """One read in progress: outputs, per-view (view, entities, inverse, cached) and misses."""
+    """One read in progress: rows and features, per-view (view, entities, inverse, cached) and misses."""
 
-    values: np.ndarray
-    has: np.ndarray
-    ts: np.ndarray
-    todo: list[tuple[ViewPlan, list[tuple], np.ndarray, list[Any]]] = field(default_factory=list)
+    rows: int
+    n_features: int
+    todo: list[tuple[ViewPlan, list[tuple], list[int], list[Any]]] = field(default_factory=list)
     misses: list[list[int]] = field(default_factory=list)
     redis_keys: list[list[Any]] = field(default_factory=list)
     """Redis only: the keys of the misses, per view in plan order (one HMGET each)."""
@@ -145,17 +147,12 @@ def _entity_key(view: ViewPlan, entity: tuple) -> Any:
     return EntityKey(join_keys=list(view.join_keys), entity_values=vals)
 
 
-def _unique_entities(cols: list[np.ndarray], n: int) -> tuple[list[tuple], np.ndarray]:
-    """The distinct entities (tuples of join-key values) and each row's index among them."""
-    if n <= 8:  # a dict beats np.unique's sort at the sizes of a single caller
-        first: dict[tuple, int] = {}
-        inverse = np.array([first.setdefault(e, len(first)) for e in zip(*(c.tolist() for c in cols))], dtype=np.intp)
-        return list(first), inverse
-    if len(cols) == 1:
-        uniq, inverse = np.unique(cols[0], return_inverse=True)
-        return [(v,) for v in uniq.tolist()], inverse
-    uniq, inverse = np.unique(np.rec.fromarrays(cols), return_inverse=True)
-    return [tuple(u) for u in uniq.tolist()], inverse
+def _unique_entities(cols: list[Sequence[Any]]) -> tuple[list[tuple], list[int]]:
+    """The distinct entities (tuples of join-key values, in first-seen order) and each
+    row's index among them."""
+    first: dict[tuple, int] = {}
+    inverse = [first.setdefault(e, len(first)) for e in zip(*cols)]
+    return list(first), inverse
 
 
 def script_calls(keys_by_view: list[list[Any]], max_keys: int) -> list[tuple[list[Any], list[int]]]:
@@ -225,8 +222,8 @@ class DirectReader:
         script = plan_script([v.hset_keys for v in views]) if self.redis else ""
         return ReadPlan(tuple(views), "; ".join(reasons) or None, script)
 
-    def read(self, plan: ReadPlan, keys: dict[str, np.ndarray], n_features: int) -> tuple[np.ndarray, ...]:
-        """-> values, has_value [features, rows] and event timestamps (s) for N rows, one store round trip."""
+    def read(self, plan: ReadPlan, keys: dict[str, Sequence[Any]], n_features: int) -> Columns:
+        """-> values, has-value and event timestamps (s), per feature, for N rows; one store round trip."""
         job = self._prepare(plan, keys, n_features)
         if self.redis:
             replies = self.online._read_hash_fields(self.config, job.hmgets()) if any(job.redis_keys) else []
@@ -240,7 +237,7 @@ class DirectReader:
             ]
         return self._assemble(job, decoded)
 
-    async def read_async(self, plan: ReadPlan, keys: dict[str, np.ndarray], n_features: int) -> tuple[np.ndarray, ...]:
+    async def read_async(self, plan: ReadPlan, keys: dict[str, Sequence[Any]], n_features: int) -> Columns:
         """read() for Redis on the event loop (redis.asyncio): the same HMGETs, as one script
         call or one pipeline (see the module docstring).
 
@@ -354,12 +351,11 @@ class DirectReader:
             self._async_client = client
         return self._async_client
 
-    def _prepare(self, plan: ReadPlan, keys: dict[str, np.ndarray], n_features: int) -> _Job:
+    def _prepare(self, plan: ReadPlan, keys: dict[str, Sequence[Any]], n_features: int) -> _Job:
         """Unique entities per view, cache lookups, and (Redis) the keys of the misses."""
-        n = len(next(iter(keys.values())))
-        job = _Job(np.full((n_features, n), np.nan), np.zeros((n_features, n), dtype=bool), np.zeros((n_features, n)))
+        job = _Job(len(next(iter(keys.values()))), n_features)
         for view in plan.views:
-            entities, inverse = _unique_entities([keys[k] for k in view.join_keys], n)
+            entities, inverse = _unique_entities([keys[k] for k in view.join_keys])
             cached = [self.cache.get((view.fv_name, e)) if self.cache is not None else None for e in entities]
             job.todo.append((view, entities, inverse, cached))
             job.misses.append([i for i, c in enumerate(cached) if c is None])
@@ -396,20 +392,24 @@ class DirectReader:
             offset += len(keys)
         return decoded
 
-    def _assemble(self, job: _Job, decoded: list[list[Decoded]]) -> tuple[np.ndarray, ...]:
-        values, has, ts = job.values, job.has, job.ts
+    def _assemble(self, job: _Job, decoded: list[list[Decoded]]) -> Columns:
+        """Each view's decoded unique entities -> per-feature columns of all N rows, in the
+        feature service's order (a view's features share its timestamp column)."""
+        nan_row = [_NAN] * job.rows
+        values: list[list[float]] = [nan_row] * job.n_features  # every feature belongs to a view
+        has: list[list[bool]] = [[False] * job.rows] * job.n_features
+        ts: list[list[float]] = [[0.0] * job.rows] * job.n_features
         for (view, entities, inverse, cached), miss, rows in zip(job.todo, job.misses, decoded, strict=True):
             for i, row in zip(miss, rows, strict=True):
                 cached[i] = row
                 if self.cache is not None:
                     self.cache.put((view.fv_name, entities[i]), row)
-            u_vals = np.array([c[0] for c in cached]).T  # [view features, unique entities]
-            u_has = np.array([c[1] for c in cached]).T
-            u_ts = np.array([c[2] for c in cached])
-            r = list(view.rows)
-            values[r] = u_vals[:, inverse]
-            has[r] = u_has[:, inverse]
-            ts[r] = u_ts[inverse]
+            per_row = [cached[u] for u in inverse]
+            view_ts = [c[2] for c in per_row]
+            for f, r in enumerate(view.rows):
+                values[r] = [c[0][f] for c in per_row]
+                has[r] = [c[1][f] for c in per_row]
+                ts[r] = view_ts
         return values, has, ts
 
 

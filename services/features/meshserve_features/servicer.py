@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import grpc
-import numpy as np
 from meshserve.v1 import features_pb2, features_pb2_grpc
 
-from meshserve_runtime.codecs import decode_frame, encode_double_block
+from meshserve_runtime.codecs import frame_columns
 from meshserve_runtime.errors import InvalidArgument, NotFound, Unavailable
 from meshserve_runtime.tracing import span
 
@@ -30,7 +30,7 @@ class FeatureReader(Protocol):
     @property
     def service_names(self) -> list[str]: ...
 
-    def read(self, spec: ServiceSpec, keys: Mapping[str, np.ndarray]) -> FeatureBatch: ...
+    def read(self, spec: ServiceSpec, keys: Mapping[str, Sequence[Any]]) -> FeatureBatch: ...
 
 
 RunBlocking = Callable[..., Awaitable[FeatureBatch]]
@@ -76,7 +76,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
             raise NotFound(f"feature service {name!r} not found; this server has {store.service_names}") from None
 
         keys = self.validate_entities(request, spec)
-        n = len(next(iter(keys.values())))
+        n = request.entities.num_rows
         ENTITIES_PER_REQUEST.observe(n)
         start = time.perf_counter()
         with span("store_read", entities=n, feature_service=spec.name):
@@ -87,8 +87,8 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         STORE_READ_DURATION.observe(time.perf_counter() - start)
         return self.encode(spec, batch)
 
-    def validate_entities(self, request: features_pb2.GetOnlineFeaturesRequest, spec: ServiceSpec) -> dict[str, np.ndarray]:
-        """Entity frame -> {join key: int64 array}, or InvalidArgument naming what is wrong."""
+    def validate_entities(self, request: features_pb2.GetOnlineFeaturesRequest, spec: ServiceSpec) -> dict[str, list[Any]]:
+        """Entity frame -> {join key: list of values}, or InvalidArgument naming what is wrong."""
         frame = request.entities
         expected = list(spec.join_keys)
         n = frame.num_rows
@@ -96,7 +96,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
             raise InvalidArgument(f"{n} entity rows in one call; at most {self.max_entities} are accepted (split the batch)")
         if n == 0:
             raise InvalidArgument(f"no entity rows: send 1..{self.max_entities} rows of {expected}")
-        columns = decode_frame(frame)
+        columns = frame_columns(frame)
         missing = [k for k in expected if k not in columns]
         if missing:
             raise InvalidArgument(
@@ -105,7 +105,7 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         unknown = sorted(set(columns) - set(expected))
         if unknown:
             raise InvalidArgument(f"unknown entity column(s) {unknown}; feature service {spec.name!r} takes exactly {expected}")
-        keys: dict[str, np.ndarray] = {}
+        keys: dict[str, list[Any]] = {}
         for key in expected:
             col = columns[key]
             want = spec.join_keys[key]
@@ -114,27 +114,33 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
                     f"entity key column {key!r} must be {want.removesuffix('_values')}, got {col.kind.removesuffix('_values')}"
                 )
             if col.null is not None:
-                row = int(np.argmax(col.null))
+                row = list(col.null).index(True)
                 raise InvalidArgument(f"entity key column {key!r} is null at row {row}; entity keys can't be null")
-            keys[key] = col.values
+            keys[key] = list(col.values)
         return keys
 
     def encode(self, spec: ServiceSpec, batch: FeatureBatch) -> features_pb2.GetOnlineFeaturesResponse:
         """Double columns in the feature service's order, null where not PRESENT, plus statuses."""
-        absent = batch.status != _PRESENT  # [features, rows], once for the whole block
-        any_absent = bool(absent.any())
-        # 0.0 is the placeholder under the null mask (not NaN: nothing downstream must see one).
-        values = np.where(absent, 0.0, batch.values) if any_absent else batch.values
-        statuses = batch.status.tolist()  # one conversion for the block, not one per feature
-        resp = features_pb2.GetOnlineFeaturesResponse(
-            feature_service=spec.name,
-            statuses=[features_pb2.FeatureStatusColumn(name=name, statuses=statuses[j]) for j, name in enumerate(batch.names)],
-            features=encode_double_block(batch.names, values, absent if any_absent else None),
-        )
-        if not any_absent:  # the common case: one counter, no counting pass
-            FEATURE_VALUES.labels(spec.name, "PRESENT").inc(batch.status.size)
+        resp = features_pb2.GetOnlineFeaturesResponse(feature_service=spec.name)
+        frame = resp.features
+        absent_total = 0
+        for name, values, statuses in zip(batch.names, batch.values, batch.status, strict=True):
+            frame.num_rows = len(values)
+            resp.statuses.add(name=name, statuses=statuses)
+            column = frame.columns.add(name=name).double_values.values
+            present = statuses.count(_PRESENT)
+            if present == len(statuses):
+                column.extend(values)
+                continue
+            absent_total += len(statuses) - present
+            # 0.0 is the placeholder under the null mask (not NaN: nothing downstream must see one).
+            column.extend([v if s == _PRESENT else 0.0 for v, s in zip(values, statuses, strict=True)])
+            frame.columns[-1].null_mask.extend([s != _PRESENT for s in statuses])
+        total = sum(len(s) for s in batch.status)
+        if not absent_total:  # the common case: one counter, no counting pass
+            FEATURE_VALUES.labels(spec.name, "PRESENT").inc(total)
             return resp
-        codes, counts = np.unique(batch.status, return_counts=True)
-        for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
+        counts = Counter(code for statuses in batch.status for code in statuses)
+        for code, count in counts.items():
             FEATURE_VALUES.labels(spec.name, _STATUS_NAMES.get(code, str(code))).inc(count)
         return resp

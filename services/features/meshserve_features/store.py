@@ -1,8 +1,13 @@
-"""The Feast wrapper: registry loaded once, one online-store read per call, numpy out.
+"""The Feast wrapper: registry loaded once, one online-store read per call, lists out.
 
 All registry work (feature services, their join keys, feature order, TTLs) happens in
 load(); read() only asks Feast's online store for N entity rows and turns the response
-into per-feature float64 values plus a per-value status.
+into per-feature float values plus a per-value status.
+
+Per-request data stay Python lists from the store's reply to the response proto, never
+numpy: a call carries a few to a few thousand values, where each numpy call's fixed cost
+(tens of microseconds once the process has sat idle a few milliseconds, as at low load)
+outweighed the arithmetic it saved (see bench/NOTES.md).
 
 Feast quirks handled here (feast 0.67):
 - The response lists features in its own order, not the FeatureService's: columns are
@@ -19,13 +24,11 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from meshserve_feature_repo.config import FeastSettings
 from meshserve_runtime.errors import Unavailable
@@ -47,8 +50,8 @@ class Status(IntEnum):
     OUTSIDE_MAX_AGE = 3
 
 
-# As np.int8 constants: IntEnum attribute access is slow on a per-request path.
-_PRESENT, _NOT_FOUND, _OUTSIDE_MAX_AGE = (np.int8(s) for s in (Status.PRESENT, Status.NOT_FOUND, Status.OUTSIDE_MAX_AGE))
+# Plain ints: IntEnum attribute access is slow on a per-request path.
+_PRESENT, _NOT_FOUND, _OUTSIDE_MAX_AGE = (int(s) for s in (Status.PRESENT, Status.NOT_FOUND, Status.OUTSIDE_MAX_AGE))
 
 # feast.protos.feast.serving.ServingService_pb2.FieldStatus numbers.
 _FEAST_PRESENT = 1
@@ -72,19 +75,19 @@ class ServiceSpec:
     """Per feature: its feature view's TTL in seconds (None: never expires)."""
     feast_service: Any
     """The feast.FeatureService object, passed to every read (no registry lookup)."""
-    ttl_limits: np.ndarray | None = None
-    """The same TTLs as a [features, 1] array (inf: never expires), or None when none expires."""
     plan: Any = None
     """The direct read path's ReadPlan (read_path="direct"), resolved at load."""
 
 
 @dataclass(frozen=True, slots=True)
 class FeatureBatch:
-    """features x rows: float64 values (NaN where not PRESENT) and Status codes."""
+    """features x rows: one list per feature, in the service's order."""
 
     names: tuple[str, ...]
-    values: np.ndarray
-    status: np.ndarray
+    values: list[list[float]]
+    """Per feature, one float per row (NaN where the status is not PRESENT)."""
+    status: list[list[int]]
+    """Per feature, one Status code per row."""
 
 
 def _key_kind(dtype: Any) -> str:
@@ -174,17 +177,13 @@ class OnlineFeatureStore:
                 ttls.append(ttl if ttl and ttl > 0 else None)
         if len(set(features)) != len(features):
             raise RuntimeError(f"feature service {fs.name!r} has duplicate feature names {features}")
-        limits = None
-        if any(t is not None for t in ttls):
-            limits = np.array([[t if t is not None else np.inf] for t in ttls], dtype=np.float64)
         plan = self._direct.plan(fs, tuple(features)) if self._direct is not None else None
-        return ServiceSpec(fs.name, tuple(features), keys, tuple(ttls), fs, limits, plan)
+        return ServiceSpec(fs.name, tuple(features), keys, tuple(ttls), fs, plan)
 
     def probe(self, service: str) -> None:
         """One read for a key that does not exist: proves the online store answers."""
         spec = self.service(service)
-        dummy = {k: np.zeros(1, dtype=np.int64) if kind == KEY_KIND_INT64 else np.array([""], dtype=object)
-                 for k, kind in spec.join_keys.items()}
+        dummy: dict[str, list[Any]] = {k: [0] if kind == KEY_KIND_INT64 else [""] for k, kind in spec.join_keys.items()}
         self.read(spec, dummy)
 
     # -- per request -----------------------------------------------------------------
@@ -197,7 +196,7 @@ class OnlineFeatureStore:
     def service_names(self) -> list[str]:
         return sorted(self._services)
 
-    def read(self, spec: ServiceSpec, keys: Mapping[str, np.ndarray]) -> FeatureBatch:
+    def read(self, spec: ServiceSpec, keys: Mapping[str, Sequence[Any]]) -> FeatureBatch:
         """One online-store read for N rows (blocking: run it off the event loop)."""
         if self._store is None:
             raise Unavailable("the Feast registry is not loaded yet")
@@ -205,7 +204,7 @@ class OnlineFeatureStore:
             if self._direct is not None and spec.plan is not None:
                 values, has, ts = self._direct.read(_servable(spec.plan), dict(keys), len(spec.features))
                 return self._finish_direct(spec, values, has, ts)
-            rows = {k: keys[k].tolist() for k in spec.join_keys}
+            rows = {k: list(keys[k]) for k in spec.join_keys}
             n = len(next(iter(rows.values()))) if rows else 0
             resp = self._store.get_online_features(features=spec.feast_service, entity_rows=rows)
         return self._to_batch(spec, resp.proto, n)
@@ -215,7 +214,7 @@ class OnlineFeatureStore:
         """True when read_async() serves reads on the event loop (Redis, direct path)."""
         return self._direct is not None and self._direct.redis
 
-    async def read_async(self, spec: ServiceSpec, keys: Mapping[str, np.ndarray]) -> FeatureBatch:
+    async def read_async(self, spec: ServiceSpec, keys: Mapping[str, Sequence[Any]]) -> FeatureBatch:
         """read() without a thread: Redis through redis.asyncio (only when async_reads)."""
         if self._store is None or self._direct is None or spec.plan is None:
             raise Unavailable("the Feast registry is not loaded yet")
@@ -233,53 +232,71 @@ class OnlineFeatureStore:
                 raise Unavailable(f"online store {self.where} is unavailable: {type(err).__name__}: {err}") from err
             raise
 
-    def _finish_direct(self, spec: ServiceSpec, values: np.ndarray, has: np.ndarray, ts: np.ndarray) -> FeatureBatch:
+    def _finish_direct(self, spec: ServiceSpec, values: list[list[float]], has: list[list[bool]], ts: list[list[float]]) -> FeatureBatch:
         # The direct path reads present values only: no Feast statuses to combine.
         return self._finish(spec, values, has, None, ts)
 
     def _to_batch(self, spec: ServiceSpec, proto: Any, n: int) -> FeatureBatch:
         index = {name: i for i, name in enumerate(proto.metadata.feature_names.val)}
-        raw: list[float] = []
-        has_value: list[bool] = []
-        feast_status: list[int] = []
-        ts: list[float] = []
-        # One Python pass over the protos, then numpy over the whole [features, rows] block.
+        values: list[list[float]] = []
+        has_value: list[list[bool]] = []
+        feast_status: list[list[int]] = []
+        ts: list[list[float]] = []
         for name in spec.features:
             vec = proto.results[index[name]]
             vals, has = numeric_values(vec.values)
-            raw.extend(vals)
-            has_value.extend(has)
-            feast_status.extend(vec.statuses)
-            ts.extend([t.seconds + t.nanos * 1e-9 for t in vec.event_timestamps])
-        shape = (len(spec.features), n)
-        return self._finish(
-            spec,
-            np.array(raw, dtype=np.float64).reshape(shape),
-            np.array(has_value, dtype=bool).reshape(shape),
-            np.array(feast_status, dtype=np.int8).reshape(shape),
-            np.array(ts, dtype=np.float64).reshape(shape),
-        )
+            values.append(vals)
+            has_value.append(has)
+            feast_status.append(list(vec.statuses))
+            ts.append([t.seconds + t.nanos * 1e-9 for t in vec.event_timestamps])
+        return self._finish(spec, values, has_value, feast_status, ts)
 
-    def _finish(self, spec: ServiceSpec, values: np.ndarray, has: np.ndarray, fst: np.ndarray | None, ts: np.ndarray) -> FeatureBatch:
-        """Statuses from [features, rows] values, has-value, Feast statuses (None: all
-        PRESENT, the direct path) and timestamps (both paths)."""
-        # An unset value is NOT_FOUND whatever Feast says (Redis: "PRESENT" with no value).
-        present = has & (fst == _FEAST_PRESENT) if fst is not None else has
-        too_old = has & (fst == _FEAST_OUTSIDE_MAX_AGE) if fst is not None else None
-        if self.enforce_ttl and spec.ttl_limits is not None:
-            expired = present & (ts < self.clock() - spec.ttl_limits)
-            if expired.any():
-                present = present & ~expired
-                too_old = expired if too_old is None else too_old | expired
-        if present.all():  # the common case: one status for the whole block, values as read
-            return FeatureBatch(spec.features, values, np.full(present.shape, _PRESENT, dtype=np.int8))
-        absent_status = _NOT_FOUND if too_old is None else np.where(too_old, _OUTSIDE_MAX_AGE, _NOT_FOUND)
-        status = np.where(present, _PRESENT, absent_status)
-        values[~present] = np.nan
-        return FeatureBatch(spec.features, values, status.astype(np.int8, copy=False))
+    def _finish(self, spec: ServiceSpec, values: list[list[float]], has: list[list[bool]],
+                fst: list[list[int]] | None, ts: list[list[float]]) -> FeatureBatch:
+        """Statuses from per-feature values, has-value, Feast statuses (None: all PRESENT,
+        the direct path) and event timestamps in epoch seconds (both paths)."""
+        now = self.clock() if self.enforce_ttl else None
+        status: list[list[int]] = []
+        out: list[list[float]] = []
+        for j, (vals, present) in enumerate(zip(values, has, strict=True)):
+            ttl = spec.ttl_s[j] if now is not None else None
+            oldest = now - ttl if now is not None and ttl is not None else None
+            feast = fst[j] if fst is not None else None
+            if feast is None and (oldest is None or min(ts[j], default=oldest) >= oldest) and all(present):
+                # The common case: every value set and fresh.
+                status.append([_PRESENT] * len(vals))
+                out.append(vals)
+                continue
+            codes = [
+                _value_status(h, f, t, oldest)
+                for h, f, t in zip(present, feast if feast is not None else _all_present(len(vals)), ts[j], strict=True)
+            ]
+            status.append(codes)
+            out.append([v if c == _PRESENT else _NAN for v, c in zip(vals, codes, strict=True)])
+        return FeatureBatch(spec.features, out, status)
 
     def close(self) -> None:
         self._store = None
+
+
+_NAN = float("nan")
+
+
+def _all_present(n: int) -> list[int]:
+    return [_FEAST_PRESENT] * n
+
+
+def _value_status(has: bool, feast_status: int, ts: float, oldest: float | None) -> int:
+    """One value's status: an unset value is NOT_FOUND whatever Feast says (Redis answers
+    PRESENT with no value for an entity it never saw); a set one is OUTSIDE_MAX_AGE when
+    Feast says so or it is older than its view's TTL allows (`oldest`), else PRESENT."""
+    if not has:
+        return _NOT_FOUND
+    if feast_status != _FEAST_PRESENT:
+        return _OUTSIDE_MAX_AGE if feast_status == _FEAST_OUTSIDE_MAX_AGE else _NOT_FOUND
+    if oldest is not None and ts < oldest:
+        return _OUTSIDE_MAX_AGE
+    return _PRESENT
 
 
 def _servable(plan: ReadPlan) -> ReadPlan:
