@@ -129,7 +129,7 @@ def inprocess_meshserve(home: Path, redis_url: str, rows: int, seconds: float, r
     store.load(FEATURE_SERVICE)
     spec = store.service(FEATURE_SERVICE)
     pairs = PAIRS[:rows]
-    keys = {"driver_id": np.array([d for d, _ in pairs]), "customer_id": np.array([c for _, c in pairs])}
+    keys = {"driver_id": [d for d, _ in pairs], "customer_id": [c for _, c in pairs]}  # as the servicer passes them
     times = []
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
