@@ -123,9 +123,9 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
         """Double columns in the feature service's order, null where not PRESENT, plus statuses."""
         resp = features_pb2.GetOnlineFeaturesResponse(feature_service=spec.name)
         frame = resp.features
+        frame.num_rows = len(batch.status[0]) if batch.status else 0
         absent_total = 0
         for name, values, statuses in zip(batch.names, batch.values, batch.status, strict=True):
-            frame.num_rows = len(values)
             resp.statuses.add(name=name, statuses=statuses)
             column = frame.columns.add(name=name).double_values.values
             present = statuses.count(_PRESENT)
