@@ -200,7 +200,9 @@ def render(results: dict) -> str:
                   f"ON: metrics, trace ids, spans exported over OTLP/gRPC at {r['settings'].get('trace_sample_ratio', 0.01):g} sampling "
                   f"({r.get('spans_exported', '?')} spans reached the collector stand-in in the whole run). OFF: a second stack "
                   "with `OTEL_SDK_DISABLED=true` (no tracing SDK, no trace ids; Prometheus metrics stay, they are not optional). "
-                  f"Cells ran in the order {', '.join(c['name'].split('_')[1] for c in obs)}, both stacks up.", "",
+                  "Cells ran in the order " + "; then ".join(
+                      f"{', '.join(c['name'].split('_')[1] for c in obs if c['concurrency'] == conc)} at c={conc}"
+                      for conc in dict.fromkeys(c["concurrency"] for c in obs)) + ", both stacks up.", "",
                   "| cell | RPS | p50 | p99 | errors | CPU busy / steal % |", "|---|---|---|---|---|---|"]
         for c in obs:
             lines.append(f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | {_cpu(c)} |")
