@@ -59,12 +59,10 @@ class Scored:
 
 @dataclass(slots=True)
 class _FeaturesShare:
-    """One caller's part of a coalesced features call: its rows [start, stop) of the
-    group, and the group's one score call for every found row (shared by the group)."""
+    """One caller's part of a coalesced features call: its rows the store lacked
+    features for, and the group's one score call for every found row (shared by the group)."""
 
-    start: int
-    stop: int
-    #: Group row -> names of the features the store did not have (shared by the group).
+    #: This caller's row -> names of the features the store did not have (rows missing any).
     missing: dict[int, list[str]]
     #: This caller's first row in `found` (its found rows are contiguous there).
     found_start: int
@@ -123,10 +121,7 @@ class Pipeline:
         # Rows with a feature the store does not have get a per-row NOT_FOUND; the rest
         # are scored (stale values arrive as nulls and are imputed by the preprocessor).
         n = len(entities)
-        if isinstance(feats, _FeaturesShare):
-            missing = {i - feats.start: names for i, names in feats.missing.items() if feats.start <= i < feats.stop}
-        else:
-            missing = _missing_rows(feats.statuses)
+        missing = feats.missing if isinstance(feats, _FeaturesShare) else _missing_rows(feats.statuses)
         errors = {
             i: f"no features for entity ({describe_row(entities[i])}) in the online store: {', '.join(names)} not found"
             for i, names in sorted(missing.items())
@@ -193,8 +188,9 @@ class Pipeline:
         start = found_start = 0
         for f in frames:
             stop = start + f.num_rows
-            shares.append(_FeaturesShare(start, stop, missing, found_start, found, scored))
-            found_start += f.num_rows - sum(1 for i in missing if start <= i < stop)
+            own = {i - start: names for i, names in missing.items() if start <= i < stop}
+            shares.append(_FeaturesShare(own, found_start, found, scored))
+            found_start += f.num_rows - len(own)
             start = stop
         return shares
 
