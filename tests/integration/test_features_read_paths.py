@@ -259,3 +259,110 @@ def test_an_unservable_view_is_unavailable_on_every_read_path(trained: TrainedHo
     if direct.async_reads:
         with pytest.raises(Unavailable, match="cannot serve features"):
             asyncio.run(direct.read_async(spec, _keys()))
+
+
+# -- a second, small Feast repo: an Int32 entity, two feature services over one view --------
+
+STORE_IDS = [1, 2, 3, 2, 99]  # repeated and unknown ids
+
+
+@pytest.fixture(scope="module")
+def int32_repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A Feast repo of its own (project meshserve_int32, so its Redis keys never meet the demo's):
+    entity `store` with an Int32 join key, view store_stats (score, rating), and two
+    feature services selecting different features of that view; materialized into SQLite
+    and, when Redis answers, into the tests' Redis db."""
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+    from feast import Entity, FeatureService, FeatureStore, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float32, Int32
+
+    from meshserve_feature_repo.config import FeastSettings
+    from tests.fixtures.trained import REDIS_TEST_URL, redis_available
+
+    root = tmp_path_factory.mktemp("int32_repo")
+    (root / "data").mkdir()
+    now = datetime.now(UTC)
+    pd.DataFrame({
+        "store_id": pd.Series([1, 2, 3], dtype="int32"),
+        "score": pd.Series([0.5, 0.75, 0.25], dtype="float32"),
+        "rating": pd.Series([4.0, 3.5, 5.0], dtype="float32"),
+        "event_timestamp": [now - timedelta(hours=1)] * 3,
+        "created": [now] * 3,
+    }).to_parquet(root / "data" / "stores.parquet")
+    common = dict(feast_registry=root / "registry.db", feast_data_dir=root / "data", sqlite_path=root / "online.db",
+                  feast_project="meshserve_int32", redis_url=REDIS_TEST_URL)
+    stores = {"sqlite": FeastSettings(online_store="sqlite", **common)}
+    if redis_available():
+        stores["redis"] = FeastSettings(online_store="redis", **common)
+    entity = Entity(name="store", join_keys=["store_id"], value_type=ValueType.INT32)
+    source = FileSource(name="stores", path=str(root / "data" / "stores.parquet"), timestamp_field="event_timestamp",
+                        created_timestamp_column="created")
+    view = FeatureView(name="store_stats", entities=[entity], ttl=timedelta(days=2), online=True, source=source,
+                       schema=[Field(name="store_id", dtype=Int32), Field(name="score", dtype=Float32),
+                               Field(name="rating", dtype=Float32)])
+    services = [FeatureService(name="stores", features=[view]),
+                FeatureService(name="store_ratings", features=[view[["rating"]]])]
+    for settings in stores.values():
+        fs = FeatureStore(config=settings.repo_config())
+        fs.apply([entity, source, view, *services])
+        fs.materialize(now - timedelta(days=1), now)
+    return stores
+
+
+def _int32_store(int32_repo: dict[str, object], online_store: str, **kw: object) -> OnlineFeatureStore:
+    if online_store not in int32_repo:
+        pytest.skip("Redis is not answering PING at 127.0.0.1:6379; start it to run the Redis read tests")
+    store = OnlineFeatureStore(int32_repo[online_store], **kw)  # type: ignore[arg-type]
+    store.load("stores")
+    return store
+
+
+def test_an_int32_join_key_reads_the_same_on_both_paths(int32_repo: dict[str, object], online_store: str) -> None:
+    """Feast serializes an Int32 key as int32_val: the direct path must build the same key, or
+    every entity reads as NOT_FOUND."""
+    feast = _int32_store(int32_repo, online_store, read_path="feast")
+    direct = _int32_store(int32_repo, online_store, read_path="direct")
+    a = feast.read(feast.service("stores"), {"store_id": list(STORE_IDS)})
+    b = direct.read(direct.service("stores"), {"store_id": list(STORE_IDS)})
+    assert a.values[0][:4] == [0.5, 0.75, 0.25, 0.75]  # found, by Feast's own read
+    np.testing.assert_array_equal(a.status, b.status)
+    np.testing.assert_array_equal(a.values, b.values)
+    if direct.async_reads:
+        c = asyncio.run(direct.read_async(direct.service("stores"), {"store_id": list(STORE_IDS)}))
+        np.testing.assert_array_equal(a.values, c.values)
+    assert direct.service("stores").int32_keys == frozenset({"store_id"})
+
+
+def test_the_cache_keeps_feature_services_of_one_view_apart(int32_repo: dict[str, object], online_store: str) -> None:
+    """Two feature services select different features of one view: a row cached for one must
+    never answer the other (in either order)."""
+    plain = _int32_store(int32_repo, online_store, read_path="feast")
+    keys = {"store_id": list(STORE_IDS)}
+    want = {name: plain.read(plain.service(name), keys) for name in ("stores", "store_ratings")}
+    for order in (("stores", "store_ratings"), ("store_ratings", "stores")):
+        cached = _int32_store(int32_repo, online_store, read_path="direct", cache=EntityCache(ttl_s=60, max_entries=100))
+        for name in (*order, *order):  # the second round comes from the cache
+            got = cached.read(cached.service(name), keys)
+            assert got.names == want[name].names
+            np.testing.assert_array_equal(got.values, want[name].values)
+            np.testing.assert_array_equal(got.status, want[name].status)
+
+
+def test_the_store_probe_never_answers_from_the_cache(trained: TrainedHome) -> None:
+    """With the entity cache on, a probe must still reach the online store: a dead store has
+    to read as not ready, not as the probe's cached row."""
+    store = _store(trained, "sqlite", read_path="direct", cache=EntityCache(ttl_s=60, max_entries=100))
+    store.probe(FEATURE_SERVICE)
+    direct = store._direct
+    assert direct is not None
+
+    def store_down(**_: object) -> object:
+        import sqlite3
+
+        raise sqlite3.OperationalError("unable to open database file")
+
+    direct.provider.online_read = store_down  # the store goes away after a first good probe
+    with pytest.raises(Unavailable, match="unavailable"):
+        store.probe(FEATURE_SERVICE)

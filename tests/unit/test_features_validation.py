@@ -186,3 +186,19 @@ def test_not_loaded_is_unavailable() -> None:
     with pytest.raises(Unavailable):
         call(servicer, frame(driver_id=[1001], customer_id=[2001]))
 
+
+
+def test_an_int32_key_outside_32_bits_is_refused_before_the_store() -> None:
+    """An Int32 join key arrives as int64: a value that cannot exist in the store is the
+    caller's mistake (INVALID_ARGUMENT naming the row), never a crash in key building."""
+    import dataclasses
+
+    servicer, store = make_servicer()
+    spec = dataclasses.replace(SPEC, int32_keys=frozenset({"driver_id"}))
+    store.service = lambda name: spec  # type: ignore[method-assign]
+    expect_error(servicer, frame(driver_id=[1001, 2**31], customer_id=[2001, 2002]), grpc.StatusCode.INVALID_ARGUMENT,
+                 "'driver_id' is Int32", "row 1", str(2**31))
+    expect_error(servicer, frame(driver_id=[-(2**31) - 1], customer_id=[2001]), grpc.StatusCode.INVALID_ARGUMENT, "row 0")
+    assert store.reads == []
+    call(servicer, frame(driver_id=[2**31 - 1, -(2**31)], customer_id=[2001, 2002]))  # the bounds themselves are fine
+    assert len(store.reads) == 1

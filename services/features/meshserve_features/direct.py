@@ -93,9 +93,16 @@ class ViewPlan:
     rows: tuple[int, ...]
     """Row of each feature in the FeatureService's feature order."""
     fv_name: str
+    key_fields: tuple[str, ...] = ()
+    """Per join key, the ValueProto field Feast serializes it as (int32_val, int64_val or
+    string_val, from the entity's declared type): an Int32 key sent as int64_val would make
+    another Redis/SQLite key, and find nothing."""
     hset_keys: tuple[Any, ...] = ()
     """Redis only: the hash fields Feast stores these features under, in `features` order,
     then the view's timestamp field."""
+    cache_ns: str = ""
+    """The entity cache's namespace of this view: its name and the features this plan
+    selects from it (two feature services may select different features of one view)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +133,8 @@ class _Job:
 
     rows: int
     n_features: int
+    use_cache: bool = True
+    """False: neither read nor fill the entity cache (the store probe must reach the store)."""
     todo: list[tuple[ViewPlan, list[tuple], list[int], list[Any]]] = field(default_factory=list)
     misses: list[list[int]] = field(default_factory=list)
     redis_keys: list[list[Any]] = field(default_factory=list)
@@ -140,10 +149,21 @@ class _Job:
         return commands
 
 
+def key_value_field(dtype: Any) -> str:
+    """The ValueProto field Feast serializes a join key of this type as (the types
+    store._key_kind accepts)."""
+    from feast.types import Int32, Int64, String
+
+    fields = {Int32: "int32_val", Int64: "int64_val", String: "string_val"}
+    if dtype not in fields:
+        raise RuntimeError(f"join key type {dtype} is not supported by meshserve")
+    return fields[dtype]
+
+
 def _entity_key(view: ViewPlan, entity: tuple) -> Any:
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 
-    vals = [Value(string_val=v) if isinstance(v, str) else Value(int64_val=int(v)) for v in entity]
+    vals = [Value(**{f: v}) for f, v in zip(view.key_fields, entity, strict=True)]
     return EntityKey(join_keys=list(view.join_keys), entity_values=vals)
 
 
@@ -217,14 +237,16 @@ class DirectReader:
                 fv_name = _versioned_fv_name(fv, self.config)
                 _, fields = self.online._generate_hset_keys_for_features(fv, list(feats), fv_name_override=fv_name)
                 hset = tuple(fields)
+            key_fields = tuple(key_value_field(c.dtype) for c in fv.entity_columns)
             views.append(ViewPlan(fv, tuple(c.name for c in fv.entity_columns), feats,
-                                  tuple(feature_order.index(f) for f in feats), fv_name, hset))
+                                  tuple(feature_order.index(f) for f in feats), fv_name, key_fields, hset,
+                                  cache_ns=f"{fv.name}\x00{','.join(feats)}"))
         script = plan_script([v.hset_keys for v in views]) if self.redis else ""
         return ReadPlan(tuple(views), "; ".join(reasons) or None, script)
 
-    def read(self, plan: ReadPlan, keys: dict[str, Sequence[Any]], n_features: int) -> Columns:
+    def read(self, plan: ReadPlan, keys: dict[str, Sequence[Any]], n_features: int, use_cache: bool = True) -> Columns:
         """-> values, has-value and event timestamps (s), per feature, for N rows; one store round trip."""
-        job = self._prepare(plan, keys, n_features)
+        job = self._prepare(plan, keys, n_features, use_cache)
         if self.redis:
             replies = self.online._read_hash_fields(self.config, job.hmgets()) if any(job.redis_keys) else []
             decoded = self._split_redis(job, replies)
@@ -351,12 +373,13 @@ class DirectReader:
             self._async_client = client
         return self._async_client
 
-    def _prepare(self, plan: ReadPlan, keys: dict[str, Sequence[Any]], n_features: int) -> _Job:
+    def _prepare(self, plan: ReadPlan, keys: dict[str, Sequence[Any]], n_features: int, use_cache: bool = True) -> _Job:
         """Unique entities per view, cache lookups, and (Redis) the keys of the misses."""
-        job = _Job(len(next(iter(keys.values()))), n_features)
+        cache = self.cache if use_cache else None
+        job = _Job(len(next(iter(keys.values()))), n_features, use_cache=cache is not None)
         for view in plan.views:
             entities, inverse = _unique_entities([keys[k] for k in view.join_keys])
-            cached = [self.cache.get((view.fv_name, e)) if self.cache is not None else None for e in entities]
+            cached = [cache.get((view.cache_ns, e)) for e in entities] if cache is not None else [None] * len(entities)
             job.todo.append((view, entities, inverse, cached))
             job.misses.append([i for i, c in enumerate(cached) if c is None])
         if self.redis:
@@ -402,8 +425,8 @@ class DirectReader:
         for (view, entities, inverse, cached), miss, rows in zip(job.todo, job.misses, decoded, strict=True):
             for i, row in zip(miss, rows, strict=True):
                 cached[i] = row
-                if self.cache is not None:
-                    self.cache.put((view.fv_name, entities[i]), row)
+                if job.use_cache and self.cache is not None:
+                    self.cache.put((view.cache_ns, entities[i]), row)
             per_row = [cached[u] for u in inverse]
             view_ts = [c[2] for c in per_row]
             for f, r in enumerate(view.rows):

@@ -22,6 +22,9 @@ _STATUS_NAMES = {int(s): s.name for s in Status}
 _PRESENT = int(Status.PRESENT)  # a plain int: IntEnum attribute access is slow per call
 
 
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
 class FeatureReader(Protocol):
     """What the servicer needs from the loaded store (a fake in unit tests)."""
 
@@ -116,7 +119,15 @@ class FeatureServicer(features_pb2_grpc.FeatureServiceServicer):
             if col.null is not None:
                 row = list(col.null).index(True)
                 raise InvalidArgument(f"entity key column {key!r} is null at row {row}; entity keys can't be null")
-            keys[key] = list(col.values)
+            values = list(col.values)
+            if key in spec.int32_keys:
+                bad = next((i for i, v in enumerate(values) if not _INT32_MIN <= v <= _INT32_MAX), None)
+                if bad is not None:
+                    raise InvalidArgument(
+                        f"entity key column {key!r} is Int32 in the feature store; row {bad} holds {values[bad]}, "
+                        f"outside {_INT32_MIN}..{_INT32_MAX}"
+                    )
+            keys[key] = values
         return keys
 
     def encode(self, spec: ServiceSpec, batch: FeatureBatch) -> features_pb2.GetOnlineFeaturesResponse:

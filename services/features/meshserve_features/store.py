@@ -77,6 +77,8 @@ class ServiceSpec:
     """The feast.FeatureService object, passed to every read (no registry lookup)."""
     plan: Any = None
     """The direct read path's ReadPlan (read_path="direct"), resolved at load."""
+    int32_keys: frozenset[str] = frozenset()
+    """Join keys Feast declares Int32: sent as int64 columns, they must fit in 32 bits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,9 +164,12 @@ class OnlineFeatureStore:
         )
 
     def _resolve(self, store: FeatureStore, fs: Any) -> ServiceSpec:
+        from feast.types import Int32
+
         features: list[str] = []
         ttls: list[float | None] = []
         keys: dict[str, str] = {}
+        int32_keys: set[str] = set()
         for proj in fs.feature_view_projections:
             if proj.join_key_map:
                 raise RuntimeError(f"feature service {fs.name!r}: join key mapping is not supported")
@@ -172,19 +177,22 @@ class OnlineFeatureStore:
             ttl = fv.ttl.total_seconds() if fv.ttl else None
             for col in fv.entity_columns:
                 keys.setdefault(col.name, _key_kind(col.dtype))
+                if col.dtype == Int32:
+                    int32_keys.add(col.name)
             for f in proj.features:
                 features.append(f.name)
                 ttls.append(ttl if ttl and ttl > 0 else None)
         if len(set(features)) != len(features):
             raise RuntimeError(f"feature service {fs.name!r} has duplicate feature names {features}")
         plan = self._direct.plan(fs, tuple(features)) if self._direct is not None else None
-        return ServiceSpec(fs.name, tuple(features), keys, tuple(ttls), fs, plan)
+        return ServiceSpec(fs.name, tuple(features), keys, tuple(ttls), fs, plan, frozenset(int32_keys))
 
     def probe(self, service: str) -> None:
-        """One read for a key that does not exist: proves the online store answers."""
+        """One read for a key that does not exist: proves the online store answers (never
+        the entity cache: a probe it answered would report a dead store as ready)."""
         spec = self.service(service)
         dummy: dict[str, list[Any]] = {k: [0] if kind == KEY_KIND_INT64 else [""] for k, kind in spec.join_keys.items()}
-        self.read(spec, dummy)
+        self.read(spec, dummy, use_cache=False)
 
     # -- per request -----------------------------------------------------------------
 
@@ -196,13 +204,14 @@ class OnlineFeatureStore:
     def service_names(self) -> list[str]:
         return sorted(self._services)
 
-    def read(self, spec: ServiceSpec, keys: Mapping[str, Sequence[Any]]) -> FeatureBatch:
-        """One online-store read for N rows (blocking: run it off the event loop)."""
+    def read(self, spec: ServiceSpec, keys: Mapping[str, Sequence[Any]], use_cache: bool = True) -> FeatureBatch:
+        """One online-store read for N rows (blocking: run it off the event loop);
+        use_cache=False bypasses the entity cache (direct path)."""
         if self._store is None:
             raise Unavailable("the Feast registry is not loaded yet")
         with self._store_errors():
             if self._direct is not None and spec.plan is not None:
-                values, has, ts = self._direct.read(_servable(spec.plan), dict(keys), len(spec.features))
+                values, has, ts = self._direct.read(_servable(spec.plan), dict(keys), len(spec.features), use_cache)
                 return self._finish_direct(spec, values, has, ts)
             rows = {k: list(keys[k]) for k in spec.join_keys}
             n = len(next(iter(rows.values()))) if rows else 0
