@@ -76,8 +76,10 @@ CASES: dict[str, dict[str, Any]] = {
     "istio-no-canary": {"istio": {"enabled": True}},
     "istio-canary-100-gpu": {
         "istio": {"enabled": True},
-        "canary": {"enabled": True, "weight": 100},
-        "model": {"gpu": {"enabled": True}},
+        # From weight 50 every canary needs 2+ replicas (and then gets a PDB).
+        "canary": {"enabled": True, "weight": 100, "imageTag": "0.2.0",
+                   "replicas": {"gateway": 2, "preprocess": 2, "model": 3}},
+        "model": {"device": "cuda", "gpu": {"enabled": True}},
     },
     "hpa-custom-metric": {
         "model": {"autoscaling": {"metric": "custom",

@@ -6,7 +6,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import yaml
 from chart_helpers import (
+    CHART_DIR,
     CONTRACT_PORTS,
     ENV_PREFIX,
     HEALTH_NAMES,
@@ -287,6 +289,105 @@ def test_model_requests_a_gpu_exactly_when_asked(docs: list[Doc], values: dict[s
         else:
             assert "runtimeClassName" not in pod
             assert not any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", []))
+
+
+def image_tag(deployment: Doc) -> str:
+    return container(deployment)["image"].rsplit(":", 1)[1]
+
+
+def test_cuda_model_runs_the_cuda_image(docs: list[Doc], values: dict[str, Any]) -> None:
+    """Device cuda needs a GPU and the CUDA build of the model image (docker/README.md tags it
+    <tag>-cu126): the CPU build's torch sees no CUDA device, so select_device("cuda") raises
+    and the pods never turn Ready. Any GPU model pod runs the CUDA build; nothing else does."""
+    gpu = values["model"]["gpu"]
+    suffix = gpu.get("imageTagSuffix", "")
+    for dep in by_kind(docs, "Deployment"):
+        name, tag = dep["metadata"]["name"], image_tag(dep)
+        if component(dep) != "model":
+            assert not tag.endswith("-cu126"), f"{name} runs a CUDA build: {tag}"
+            continue
+        if config_env(docs, dep)["MESHSERVE_MODEL_DEVICE"] == "cuda":
+            assert gpu["enabled"], f"{name}: device cuda without model.gpu.enabled"
+            assert gpu["resourceName"] in container(dep)["resources"]["limits"], f"{name}: device cuda without a GPU"
+        if gpu["enabled"]:
+            if gpu["imageTag"] and track(dep) == "stable":
+                assert tag == gpu["imageTag"], name
+            else:
+                assert suffix and tag.endswith(suffix), f"{name}: device {values['model']['device']} runs {tag}, not the CUDA build"
+        else:
+            assert not (suffix and tag.endswith(suffix)), f"{name}: a CPU model runs the CUDA build {tag}"
+
+
+def test_gpu_model_image_defaults_to_the_cuda_build() -> None:
+    app_version = str(yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["appVersion"])
+
+    def images(values: dict[str, Any]) -> dict[str, str]:
+        return {d["metadata"]["name"]: container(d)["image"] for d in by_kind(render(values), "Deployment")}
+
+    gpu = {"device": "cuda", "gpu": {"enabled": True}}
+    assert images({})[f"{RELEASE}-model"] == f"meshserve-model:{app_version}"
+    out = images({"model": gpu})
+    assert out[f"{RELEASE}-model"] == f"meshserve-model:{app_version}-cu126"
+    assert out[f"{RELEASE}-gateway"] == f"meshserve-gateway:{app_version}"
+    assert images({"model": gpu, "imageDefaults": {"tag": "1.2.3"}})[f"{RELEASE}-model"] == "meshserve-model:1.2.3-cu126"
+    # A tag that already names the CUDA build is not suffixed twice.
+    assert images({"model": {**gpu, "image": {"tag": "1.2.3-cu126"}}})[f"{RELEASE}-model"] == "meshserve-model:1.2.3-cu126"
+    assert images({"model": {"device": "cuda", "gpu": {"enabled": True, "imageTagSuffix": "-cu128"}}})[
+        f"{RELEASE}-model"] == f"meshserve-model:{app_version}-cu128"
+    assert images({"model": {"device": "cuda", "gpu": {"enabled": True, "imageTag": "9.9-gpu"}}})[
+        f"{RELEASE}-model"] == "meshserve-model:9.9-gpu"
+    # An image that is its own CUDA build: suffix off.
+    assert images({"model": {"device": "cuda", "gpu": {"enabled": True, "imageTagSuffix": ""}}})[
+        f"{RELEASE}-model"] == f"meshserve-model:{app_version}"
+
+
+def test_canary_of_a_gpu_model_runs_the_cuda_build_of_the_canary_tag() -> None:
+    """canary.imageTag is shared by gateway, preprocess and model: only the model gets the suffix."""
+    base = {"istio": {"enabled": True}, "canary": {"enabled": True, "imageTag": "0.2.0"},
+            "model": {"device": "cuda", "gpu": {"enabled": True, "imageTag": "0.1.0-cu126"}}}
+    images = {d["metadata"]["name"]: container(d)["image"] for d in by_kind(render(base), "Deployment")}
+    assert images[f"{RELEASE}-model"] == "meshserve-model:0.1.0-cu126"
+    assert images[f"{RELEASE}-model-canary"] == "meshserve-model:0.2.0-cu126"
+    assert images[f"{RELEASE}-gateway-canary"] == "meshserve-gateway:0.2.0"
+    assert images[f"{RELEASE}-preprocess-canary"] == "meshserve-preprocess:0.2.0"
+    no_tag = {**base, "canary": {"enabled": True}}
+    images = {d["metadata"]["name"]: container(d)["image"] for d in by_kind(render(no_tag), "Deployment")}
+    assert images[f"{RELEASE}-model-canary"] == images[f"{RELEASE}-model"] == "meshserve-model:0.1.0-cu126"
+
+
+# ---------------------------------------------------------------- canary availability
+
+def canary_pdbs(docs: list[Doc]) -> dict[str, Doc]:
+    return {component(p): p for p in by_kind(docs, "PodDisruptionBudget") if p["metadata"]["name"].endswith("-canary")}
+
+
+def test_canary_pdbs_exactly_from_two_replicas(docs: list[Doc], values: dict[str, Any]) -> None:
+    """A canary Deployment with 2+ replicas gets a PDB that lets a drain take one pod at a time;
+    one with a single pod gets none (a budget could only block the drain)."""
+    canary = values["canary"]
+    pdbs = canary_pdbs(docs)
+    expected = {svc for svc in ("gateway", "preprocess", "model")
+                if canary["enabled"] and canary["replicas"][svc] >= 2 and values[svc]["pdb"]["enabled"]}
+    assert set(pdbs) == expected
+    for svc, pdb in pdbs.items():
+        assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+        (dep,) = deployments_selected(docs, pdb["spec"]["selector"]["matchLabels"])
+        assert dep["metadata"]["name"] == pdb["metadata"]["name"] == f"{RELEASE}-{svc}-canary"
+        assert dep["spec"]["replicas"] == canary["replicas"][svc] >= 2
+    if canary["enabled"] and canary["weight"] >= 50:
+        assert all(canary["replicas"][svc] >= 2 for svc in ("gateway", "preprocess", "model"))
+
+
+def test_canary_pdbs_follow_the_replica_counts() -> None:
+    base = {"istio": {"enabled": True}, "canary": {"enabled": True}}
+    # The default canary (weight 0, one pod each) renders, with no canary PDB.
+    assert canary_pdbs(render(base)) == {}
+    mixed = {**base, "canary": {"enabled": True, "weight": 40, "replicas": {"gateway": 2, "preprocess": 1, "model": 3}}}
+    assert set(canary_pdbs(render(mixed))) == {"gateway", "model"}
+    # <svc>.pdb.enabled=false turns off its canary PDB too.
+    all_two = {"enabled": True, "weight": 100, "replicas": {"gateway": 2, "preprocess": 2, "model": 2}}
+    assert set(canary_pdbs(render({**base, "canary": all_two}))) == {"gateway", "preprocess", "model"}
+    assert set(canary_pdbs(render({**base, "canary": all_two, "model": {"pdb": {"enabled": False}}}))) == {"gateway", "preprocess"}
 
 
 def test_hpas_target_their_deployments(docs: list[Doc], values: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ SCHEMA_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("bad canary header name", {"canary": {"header": {"name": "X Track"}}}, "/canary/header/name"),
     ("bad mTLS mode", {"istio": {"mtls": {"mode": "OFF"}}}, "/istio/mtls/mode"),
     ("bad probe", {"model": {"probes": {"startup": {"periodSeconds": 0}}}}, "/model/probes/startup/periodSeconds"),
+    ("bad CUDA tag suffix", {"model": {"gpu": {"imageTagSuffix": "-cu 126"}}}, "/model/gpu/imageTagSuffix"),
 ]
 
 TEMPLATE_ERRORS: list[tuple[str, dict[str, Any], str]] = [
@@ -53,6 +54,14 @@ TEMPLATE_ERRORS: list[tuple[str, dict[str, Any], str]] = [
     ("canary alias equals stable", {"istio": {"enabled": True}, "canary": {"enabled": True, "alias": "production"}},
      "canary.alias (production) must differ from model.alias"),
     ("redis without address", {"features": {"redis": {"url": ""}}}, "set features.redis.url or features.redis.existingSecret"),
+    ("cuda device without a GPU", {"model": {"device": "cuda"}},
+     "model.device is cuda but model.gpu.enabled is false"),
+    ("canary at 50% on single pods", {"istio": {"enabled": True}, "canary": {"enabled": True, "weight": 50}},
+     "canary.weight is 50 but canary.replicas.gateway is 1"),
+    ("canary at 100% on one model pod",
+     {"istio": {"enabled": True},
+      "canary": {"enabled": True, "weight": 100, "replicas": {"gateway": 2, "preprocess": 2, "model": 1}}},
+     "canary.weight is 100 but canary.replicas.model is 1"),
 ]
 
 
@@ -71,6 +80,14 @@ def test_template_rejects(what: str, values: dict[str, Any], message: str) -> No
     with pytest.raises(helm_python.HelmRenderError) as err:
         render(values)
     assert message in str(err.value), f"{what}: {err.value}"
+
+
+def test_canary_below_50_percent_renders_on_single_pods() -> None:
+    """The default canary (one pod each) renders up to weight 49; from 50 it needs 2+ replicas."""
+    assert render({"istio": {"enabled": True}, "canary": {"enabled": True}})
+    assert render({"istio": {"enabled": True}, "canary": {"enabled": True, "weight": 49}})
+    assert render({"istio": {"enabled": True}, "canary": {"enabled": True, "weight": 50,
+                                                         "replicas": {"gateway": 2, "preprocess": 2, "model": 2}}})
 
 
 @pytest.mark.parametrize("url", ["redis-master:6379", "redis-master:6379,db=2", "redis://redis-master:6379/2", "rediss://redis-master:6380"])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from chart_helpers import K8S_DIR, REPO, load_generator
+from chart_helpers import CHART_DIR, K8S_DIR, REPO, load_generator
 
 gen = load_generator()
 
@@ -26,9 +26,8 @@ def _load(path: Path) -> object:
     return yaml.safe_load(path.read_text())
 
 
-@pytest.mark.parametrize("overlay", gen.OVERLAYS)
-def test_overlay_patches_reproduce_the_chart(overlay: str) -> None:
-    """Apply base + resources + patches in Python and compare with the chart's render."""
+def committed_objects(overlay: str) -> dict:
+    """What `kubectl kustomize overlays/<overlay>` builds, from the committed files (in Python)."""
     base_dir = K8S_DIR / "base"
     objects = {}
     for name in _load(base_dir / "kustomization.yaml")["resources"]:
@@ -48,6 +47,13 @@ def test_overlay_patches_reproduce_the_chart(overlay: str) -> None:
         target = patch["target"]
         (key,) = [k for k in objects if k[1] == target["kind"] and k[3] == target["name"]]
         objects[key] = gen.apply_json_patch(objects[key], body)
+    return objects
+
+
+@pytest.mark.parametrize("overlay", gen.OVERLAYS)
+def test_overlay_patches_reproduce_the_chart(overlay: str) -> None:
+    """Apply base + resources + patches in Python and compare with the chart's render."""
+    objects = committed_objects(overlay)
     expected = gen.expected_objects(overlay)
     assert set(objects) == set(expected)
     for key, obj in expected.items():
@@ -83,6 +89,29 @@ def test_gpu_istio_overlay_adds_gpu_and_mesh() -> None:
     assert not {"DestinationRule", "VirtualService"} & {k[1] for k in cpu}
     cpu_model = next(o for k, o in cpu.items() if k[1] == "Deployment" and k[3] == "meshserve-model")
     assert "nvidia.com/gpu" not in yaml.safe_dump(cpu_model)
+
+
+@pytest.mark.parametrize("overlay", gen.OVERLAYS)
+def test_cuda_model_runs_the_cuda_image_in_the_overlays(overlay: str) -> None:
+    """A model with device cuda runs the CUDA build meshserve-model:<tag>-cu126 (docker/README.md)
+    on a GPU: the CPU build's torch sees no CUDA device and the pods would never turn Ready."""
+    app_version = str(_load(CHART_DIR / "Chart.yaml")["appVersion"])
+    objects = committed_objects(overlay)
+    models = [o for k, o in objects.items() if k[1] == "Deployment" and o["metadata"]["labels"].get("app.kubernetes.io/component") == "model"]
+    assert models
+    devices = set()
+    for dep in models:
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        cms = [o for k, o in objects.items() if k[1] == "ConfigMap" and k[3] in {e["configMapRef"]["name"] for e in c["envFrom"] if "configMapRef" in e}]
+        device = next(cm["data"]["MESHSERVE_MODEL_DEVICE"] for cm in cms if "MESHSERVE_MODEL_DEVICE" in cm["data"])
+        devices.add(device)
+        if device == "cuda":
+            assert c["image"] == f"meshserve-model:{app_version}-cu126", f"{overlay}: device cuda runs {c['image']}"
+            assert c["resources"]["limits"]["nvidia.com/gpu"] >= 1
+        else:
+            assert not c["image"].endswith("-cu126"), f"{overlay}: device {device} runs {c['image']}"
+    if overlay == "gpu-istio":
+        assert devices == {"cuda"}
 
 
 def test_kind_config() -> None:

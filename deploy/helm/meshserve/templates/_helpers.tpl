@@ -144,16 +144,33 @@ track: {{ .track }}
 app.kubernetes.io/component: {{ .svc }}
 {{- end -}}
 
-{{/* Image reference of a workload. ctx: root, svc, track. */}}
+{{/*
+Image reference of a workload. ctx: root, svc, track.
+With model.gpu.enabled the model runs the CUDA build (docker/README.md tags it <tag>-cu126;
+the CPU build's torch sees no GPU): model.gpu.imageTag as is, else the model tag (or, on the
+canary track, canary.imageTag) plus model.gpu.imageTagSuffix unless it already ends with it.
+*/}}
 {{- define "meshserve.image" -}}
 {{- $v := index .root.Values .svc -}}
 {{- $d := .root.Values.imageDefaults -}}
-{{- $tag := default (default .root.Chart.AppVersion $d.tag) $v.image.tag -}}
-{{- if and (eq .svc "model") $v.gpu.enabled $v.gpu.imageTag -}}
-{{- $tag = $v.gpu.imageTag -}}
-{{- end -}}
+{{- $tag := toString (default (default .root.Chart.AppVersion $d.tag) $v.image.tag) -}}
+{{- $gpu := and (eq .svc "model") $v.gpu.enabled -}}
+{{- $canaryTag := "" -}}
 {{- if and (eq .track "canary") .root.Values.canary.imageTag -}}
-{{- $tag = .root.Values.canary.imageTag -}}
+{{- $canaryTag = toString .root.Values.canary.imageTag -}}
+{{- end -}}
+{{- if and $gpu (not $canaryTag) $v.gpu.imageTag -}}
+{{- $tag = $v.gpu.imageTag -}}
+{{- else -}}
+{{- if $canaryTag -}}
+{{- $tag = $canaryTag -}}
+{{- end -}}
+{{- if $gpu -}}
+{{- $suffix := toString (default "" $v.gpu.imageTagSuffix) -}}
+{{- if and $suffix (not (hasSuffix $suffix $tag)) -}}
+{{- $tag = printf "%s%s" $tag $suffix -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- $repo := $v.image.repository -}}
 {{- if $d.registry -}}

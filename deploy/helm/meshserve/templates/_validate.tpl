@@ -36,6 +36,18 @@ Included from validate.yaml, which renders nothing.
 {{- if and .Values.canary.enabled (eq .Values.canary.alias .Values.model.alias) -}}
 {{- fail (printf "canary.alias (%s) must differ from model.alias: the canary pods must load another model version" .Values.canary.alias) -}}
 {{- end -}}
+{{- /* From this weight on the canary carries at least half the traffic: never on one unprotected pod. */ -}}
+{{- if and .Values.canary.enabled (ge (int .Values.canary.weight) 50) -}}
+{{- range $svc := include "meshserve.canaryServices" . | fromYamlArray -}}
+{{- $n := int (index $root.Values.canary.replicas $svc) -}}
+{{- if lt $n 2 -}}
+{{- fail (printf "canary.weight is %d but canary.replicas.%s is %d: from weight 50 the canary carries at least half the traffic, and one pod (which gets no PodDisruptionBudget) fails that share on a node drain or crash; set canary.replicas.gateway, .preprocess and .model to 2 or more (they then get a PodDisruptionBudget), or keep canary.weight below 50" (int $root.Values.canary.weight) $svc $n) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq .Values.model.device "cuda") (not .Values.model.gpu.enabled) -}}
+{{- fail "model.device is cuda but model.gpu.enabled is false: the model pods would request no GPU and run the CPU image, whose torch sees no CUDA device (never Ready); set model.gpu.enabled=true or model.device=auto|cpu" -}}
+{{- end -}}
 {{- $tls := .Values.tls -}}
 {{- if and (not $tls.enabled) (not $tls.plaintext) -}}
 {{- fail "tls.enabled and tls.plaintext are both false: set tls.enabled=true (with tls.existingSecret or tls.secrets) to serve TLS, or tls.plaintext=true to choose plaintext gRPC explicitly (e.g. with istio.enabled)" -}}
