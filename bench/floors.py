@@ -110,7 +110,7 @@ def start_feast_listen(home: Path, redis_url: str, port: int, log: Path) -> subp
     repo = home.parent / "feast_listen"
     repo.mkdir(parents=True, exist_ok=True)
     (repo / "feature_store.yaml").write_text(FEATURE_STORE_YAML.format(
-        project=settings.feast_project, registry=settings.feast_registry.resolve(), redis_url=redis_url))
+        project=settings.feast_project, registry=Path(settings.feast_registry).resolve(), redis_url=redis_url))
     feast = str(Path(sys.executable).parent / "feast")
     with open(log, "ab") as out:
         return subprocess.Popen(

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
 
 OnlineStoreKind = Literal["sqlite", "redis"]
 
+#: URL schemes of Feast's SQL registry (SQLAlchemy URLs, optionally with a driver: postgresql+psycopg://).
+SQL_REGISTRY_SCHEMES = ("postgresql", "mysql", "sqlite")
+#: URL schemes of Feast's file registry kept in object storage, and the module each needs.
+OBJECT_REGISTRY_SCHEMES = {"s3": ("boto3", "feast[aws]"), "gs": ("google.cloud.storage", "feast[gcp]")}
+
 
 def feast_home(home: Path | None = None) -> Path:
     """$MESHSERVE_HOME/feast: registry, SQLite online store and demo data on one machine."""
@@ -37,8 +42,10 @@ class FeastSettings(BaseSettings):
 
     feast_project: str = "meshserve"
     """Feast project name (namespaces tables and keys in the online store)."""
-    feast_registry: Path = Field(default_factory=lambda: feast_home() / "registry.db")
-    """Path of Feast's file registry (default $MESHSERVE_HOME/feast/registry.db)."""
+    feast_registry: str = Field(default_factory=lambda: str(feast_home() / "registry.db"))
+    """Feast's registry: a file path (default $MESHSERVE_HOME/feast/registry.db), a SQL
+    registry URL (postgresql+psycopg://user@host:5432/db; mysql://, sqlite:/// also work),
+    or s3:// / gs:// (needs boto3 / google-cloud-storage, not in the default image)."""
     feast_data_dir: Path = Field(default_factory=lambda: feast_home() / "data")
     """Directory of the demo parquet files the feature views read (default $MESHSERVE_HOME/feast/data)."""
     online_store: OnlineStoreKind = "sqlite"
@@ -55,11 +62,26 @@ class FeastSettings(BaseSettings):
     def _redis_connection_string(cls, value: str) -> str:
         return redis_connection_string(value)
 
+    @field_validator("feast_registry", mode="before")
+    @classmethod
+    def _registry(cls, value: object) -> str:
+        text = str(value).strip()
+        registry_kind(text)  # refuse what Feast could not open, here rather than at every load retry
+        return text
+
+    @property
+    def registry_kind(self) -> RegistryKind:
+        return registry_kind(self.feast_registry)
+
+    def describe_registry(self) -> str:
+        """The registry's location without credentials, for logs and metric labels."""
+        return redact_url(self.feast_registry)
+
     @classmethod
     def for_home(cls, home: Path, **overrides: Any) -> FeastSettings:
         """The default layout under an explicit MESHSERVE_HOME (what a process with that env gets)."""
         fh = feast_home(home)
-        paths = {"feast_registry": fh / "registry.db", "feast_data_dir": fh / "data", "sqlite_path": fh / "online.db"}
+        paths = {"feast_registry": str(fh / "registry.db"), "feast_data_dir": fh / "data", "sqlite_path": fh / "online.db"}
         return cls(**{**paths, **overrides})
 
     def repo_config(self, *, registry_cache_ttl_s: int = 600) -> RepoConfig:
@@ -77,6 +99,53 @@ class FeastSettings(BaseSettings):
         if self.online_store == "redis":
             return f"redis at {self.redis_url}"
         return f"sqlite at {self.sqlite_path}"
+
+
+RegistryKind = Literal["file", "sql", "object"]
+
+
+def registry_kind(registry: str) -> RegistryKind:
+    """How Feast reads this registry: a local file, a SQL database, or a file in object
+    storage; ValueError (naming what to do) for anything else."""
+    scheme, sep, _ = registry.partition("://")
+    if not sep:
+        if not registry:
+            raise ValueError("the Feast registry is empty; give a file path or a registry URL")
+        return "file"
+    base = scheme.split("+", 1)[0].lower()
+    if base in SQL_REGISTRY_SCHEMES:
+        return "sql"
+    if base in OBJECT_REGISTRY_SCHEMES:
+        module, extra = OBJECT_REGISTRY_SCHEMES[base]
+        import importlib.util
+
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # a parent package (google.cloud) is missing
+            found = False
+        if not found:
+            raise ValueError(
+                f"a {base}:// Feast registry needs the {module} package, which this install lacks "
+                f"(pip install '{extra}'); or use a SQL registry (postgresql+psycopg://user@host:5432/db)"
+            )
+        return "object"
+    raise ValueError(
+        f"unsupported Feast registry scheme {scheme!r}: use a file path, postgresql+psycopg://, mysql://, "
+        "sqlite:///, s3:// or gs://"
+    )
+
+
+def redact_url(value: str) -> str:
+    """A URL with its password (and any query string, which may carry one) replaced by ***."""
+    if "://" not in value:
+        return value
+    url = urlsplit(value)
+    if url.password is None and not url.query:
+        return value
+    netloc = url.netloc
+    if url.password is not None:
+        netloc = netloc.replace(":" + url.password + "@", ":***@", 1)
+    return url._replace(netloc=netloc, query="***" if url.query else "").geturl()
 
 
 def repo_config(
@@ -107,15 +176,24 @@ def repo_config(
         online = SqliteOnlineStoreConfig(path=str(Path(sqlite_path).resolve()))
     else:
         raise ValueError(f"online_store must be 'sqlite' or 'redis', got {online_store!r}")
-    Path(registry_path).parent.mkdir(parents=True, exist_ok=True)
+    kind = registry_kind(str(registry_path))
+    registry: RegistryConfig
+    if kind == "sql":
+        from feast.infra.registry.sql import SqlRegistryConfig
+
+        # pool_pre_ping: a pooled connection the database dropped is replaced, not an error.
+        registry = SqlRegistryConfig(registry_type="sql", path=str(registry_path), cache_ttl_seconds=registry_cache_ttl_s,
+                                     sqlalchemy_config_kwargs={"echo": False, "pool_pre_ping": True})
+    elif kind == "object":
+        registry = RegistryConfig(registry_type="file", path=str(registry_path), cache_ttl_seconds=registry_cache_ttl_s)
+    else:
+        Path(registry_path).parent.mkdir(parents=True, exist_ok=True)
+        registry = RegistryConfig(registry_type="file", path=str(Path(registry_path).resolve()),
+                                  cache_ttl_seconds=registry_cache_ttl_s)
     return RepoConfig(
         project=project,
         provider="local",
-        registry=RegistryConfig(
-            registry_type="file",
-            path=str(Path(registry_path).resolve()),
-            cache_ttl_seconds=registry_cache_ttl_s,
-        ),
+        registry=registry,
         online_store=online,
         offline_store=DaskOfflineStoreConfig(type="file"),
         entity_key_serialization_version=3,

@@ -87,11 +87,19 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "secrets": {
         "mlflow": {"existingSecret": "mlflow-credentials", "secretEnv": {"MLFLOW_TRACKING_TOKEN": "token"}},
-        "features": {"redis": {"existingSecret": "redis-url", "urlKey": "url"}},
+        "features": {"redis": {"existingSecret": "redis-url", "urlKey": "url"},
+                     "feast": {"existingSecret": "feast-registry", "registryKey": "url"}},
         "imageDefaults": {"registry": "ghcr.io/acme/", "tag": "1.2.3"},
         "imagePullSecrets": [{"name": "regcred"}],
     },
     "all-optional-off": _ALL_OFF,
+    "file-registry-volume": {
+        "features": {
+            "feast": {"registry": "/etc/feast/registry.db"},
+            "extraVolumes": [{"name": "feast-registry", "configMap": {"name": "feast-registry"}}],
+            "extraVolumeMounts": [{"name": "feast-registry", "mountPath": "/etc/feast", "readOnly": True}],
+        },
+    },
 }
 
 CUSTOM_RESOURCE_GROUPS = ("networking.istio.io", "security.istio.io", "monitoring.coreos.com")

@@ -199,7 +199,8 @@ def test_containers_follow_the_service_contract(docs: list[Doc], values: dict[st
         assert env["OTEL_SERVICE_NAME"] == f"meshserve-{comp}"
         required = {
             "gateway": ["FEATURES_TARGET", "PREPROCESS_TARGET", "MODEL_TARGET", "MAX_BATCH_ROWS", "MODEL_NAME"],
-            "features": ["FEAST_REGISTRY", "FEAST_PROJECT", "ONLINE_STORE", "FEATURE_SERVICE"],
+            "features": ["FEAST_PROJECT", "ONLINE_STORE", "FEATURE_SERVICE"]
+            + ([] if values["features"]["feast"]["existingSecret"] else ["FEAST_REGISTRY"]),
             "preprocess": ["MLFLOW_TRACKING_URI", "MODEL_NAME", "ALIAS"],
             "model": ["MLFLOW_TRACKING_URI", "MODEL_NAME", "ALIAS", "DEVICE", "NUM_THREADS"],
         }[comp]
@@ -219,6 +220,10 @@ def test_secrets_are_referenced_never_inlined(case: str, docs: list[Doc], values
         comp = component(dep)
         if comp in ("preprocess", "model") and values["mlflow"]["existingSecret"]:
             assert refs["MLFLOW_TRACKING_TOKEN"] == {"name": values["mlflow"]["existingSecret"], "key": "token"}
+        if comp == "features" and values["features"]["feast"]["existingSecret"]:
+            feast = values["features"]["feast"]
+            assert refs["MESHSERVE_FEATURES_FEAST_REGISTRY"] == {"name": feast["existingSecret"], "key": feast["registryKey"]}
+            assert "MESHSERVE_FEATURES_FEAST_REGISTRY" not in config_env(docs, dep)
         if comp == "features" and values["features"]["redis"]["existingSecret"]:
             assert refs["MESHSERVE_FEATURES_REDIS_URL"]["name"] == values["features"]["redis"]["existingSecret"]
             assert "MESHSERVE_FEATURES_REDIS_URL" not in config_env(docs, dep)
@@ -606,3 +611,27 @@ def test_service_monitor_scrapes_each_service_once(docs: list[Doc], values: dict
     for endpoint in sm["spec"]["endpoints"]:
         assert all(endpoint["port"] in {p["name"] for p in s["spec"]["ports"]} for s in selected)
         assert endpoint["path"] == "/metrics"
+
+
+def test_the_features_pods_settings_load_as_rendered(case: str, docs: list[Doc], values: dict[str, Any]) -> None:
+    """The features service's Feast settings, from the rendered ConfigMap, pass the service's
+    own validation: e.g. a registry URL the image cannot open fails here, not in a pod that
+    never turns Ready."""
+    from meshserve_feature_repo.config import FeastSettings
+
+    for dep in by_kind(docs, "Deployment"):
+        if component(dep) != "features":
+            continue
+        env = {k.removeprefix("MESHSERVE_FEATURES_").lower(): v for k, v in config_env(docs, dep).items()
+               if k.startswith("MESHSERVE_FEATURES_")}
+        fields = set(FeastSettings.model_fields)
+        settings = FeastSettings(**{k: v for k, v in env.items() if k in fields})
+        if not values["features"]["feast"]["existingSecret"]:
+            assert settings.feast_registry == values["features"]["feast"]["registry"]
+        mounts = {m["name"]: m["mountPath"] for m in container(dep).get("volumeMounts", [])}
+        volumes = {v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]}
+        for extra in values["features"]["extraVolumeMounts"]:
+            assert mounts[extra["name"]] == extra["mountPath"] and extra["name"] in volumes
+        if settings.registry_kind == "file" and not values["features"]["feast"]["existingSecret"]:
+            # A file registry must live in a mounted volume, not the pod's throw-away cache.
+            assert any(settings.feast_registry.startswith(path.rstrip("/") + "/") for path in mounts.values()), settings.feast_registry

@@ -78,3 +78,49 @@ def test_redis_address_forms(given: str, feast: str) -> None:
 def test_redis_address_mistakes_are_refused_with_the_form_expected(given: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         redis_connection_string(given)
+
+
+@pytest.mark.parametrize(
+    ("given", "kind"),
+    [
+        ("/var/lib/feast/registry.db", "file"),
+        ("postgresql+psycopg://feast@postgres:5432/feast", "sql"),
+        ("postgresql://feast@postgres/feast", "sql"),
+        ("mysql+pymysql://feast@mysql/feast", "sql"),
+        ("sqlite:////var/lib/feast/registry.sqlite", "sql"),
+    ],
+)
+def test_feast_registry_forms(given: str, kind: str) -> None:
+    settings = FeastSettings(feast_registry=given)
+    assert settings.registry_kind == kind
+    assert settings.feast_registry == given  # passed to Feast as given (a Path would turn s3:// into s3:/)
+    if kind == "sql":  # (a file path's config would create its directory)
+        assert settings.repo_config().registry.registry_type == "sql"
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("ftp://host/registry.db", "unsupported Feast registry scheme 'ftp'"),
+        ("", "the Feast registry is empty"),
+    ],
+)
+def test_feast_registry_mistakes_are_refused_with_the_forms_expected(given: str, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        FeastSettings(feast_registry=given)
+
+
+def test_an_object_store_registry_without_its_client_library_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "boto3" else real(name, *a))
+    with pytest.raises(ValueError, match=r"needs the boto3 package.*feast\[aws\]"):
+        FeastSettings(feast_registry="s3://bucket/registry.db")
+
+
+def test_a_registry_password_never_reaches_logs_or_labels() -> None:
+    settings = FeastSettings(feast_registry="postgresql+psycopg://feast:s3cret@postgres:5432/feast?sslmode=require")
+    assert "s3cret" not in settings.describe_registry()
+    assert settings.describe_registry().startswith("postgresql+psycopg://feast:***@postgres:5432/feast")
+    assert FeastSettings(feast_registry="sqlite:////x/r.db").describe_registry() == "sqlite:////x/r.db"

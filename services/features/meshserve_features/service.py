@@ -81,7 +81,7 @@ class FeaturesService(Service):
             "feature_service": s.feature_service,
             "online_store": s.online_store,
             "feast_project": s.feast_project,
-            "feast_registry": str(s.feast_registry),
+            "feast_registry": s.describe_registry(),
         })
         return True
 

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshserve_feature_repo.config import FeastSettings
@@ -139,7 +140,7 @@ class OnlineFeatureStore:
         from feast import FeatureStore
 
         start = time.perf_counter()
-        if not self.settings.feast_registry.exists():
+        if self.settings.registry_kind == "file" and not Path(self.settings.feast_registry).exists():
             raise FileNotFoundError(f"no Feast registry at {self.settings.feast_registry} (run `make train`)")
         # Cache TTL 0: the registry is read once here and never refreshed on the request path.
         store = FeatureStore(config=self.settings.repo_config(registry_cache_ttl_s=0))
@@ -152,7 +153,7 @@ class OnlineFeatureStore:
         services = {fs.name: self._resolve(store, fs) for fs in store.list_feature_services()}
         if probe_service not in services:
             raise LookupError(
-                f"feature service {probe_service!r} is not in the registry {self.settings.feast_registry} "
+                f"feature service {probe_service!r} is not in the registry {self.settings.describe_registry()} "
                 f"(project {self.settings.feast_project!r}; it has {sorted(services)})"
             )
         self._store, self._services = store, services

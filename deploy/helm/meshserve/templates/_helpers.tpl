@@ -251,7 +251,9 @@ ctx: root, svc, track.
 {{- end -}}
 {{- end -}}
 {{- else if eq .svc "features" -}}
+{{- if not $v.feast.existingSecret -}}
 {{- $_ := set $env (printf "%s_FEAST_REGISTRY" $p) $v.feast.registry -}}
+{{- end -}}
 {{- $_ := set $env (printf "%s_FEAST_PROJECT" $p) $v.feast.project -}}
 {{- $_ := set $env (printf "%s_FEATURE_SERVICE" $p) $v.feast.featureService -}}
 {{- $_ := set $env (printf "%s_ONLINE_STORE" $p) $v.onlineStore -}}
@@ -289,6 +291,13 @@ ctx: root, svc, track.
       name: {{ $root.Values.mlflow.existingSecret }}
       key: {{ index $root.Values.mlflow.secretEnv $name }}
 {{- end }}
+{{- end }}
+{{- if and (eq .svc "features") $v.feast.existingSecret }}
+- name: MESHSERVE_FEATURES_FEAST_REGISTRY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.feast.existingSecret }}
+      key: {{ $v.feast.registryKey }}
 {{- end }}
 {{- if and (eq .svc "features") (eq $v.onlineStore "redis") $v.redis.existingSecret }}
 - name: MESHSERVE_FEATURES_REDIS_URL

@@ -84,6 +84,9 @@ Included from validate.yaml, which renders nothing.
 {{- if and .Values.istio.enabled (eq (include "meshserve.serviceAccountName" (dict "root" . "svc" "gateway")) "default") -}}
 {{- fail "istio.enabled: features, preprocess and model admit only the gateway's service account, and it is \"default\", shared by every pod of the namespace; set gateway.serviceAccount.create=true or gateway.serviceAccount.name" -}}
 {{- end -}}
+{{- if and .Values.features.feast.existingSecret (not .Values.features.feast.registryKey) -}}
+{{- fail "features.feast.existingSecret is set: set features.feast.registryKey, the key holding the registry URL" -}}
+{{- end -}}
 {{- if and .Values.features.redis.existingSecret (not .Values.features.redis.urlKey) -}}
 {{- fail "features.redis.existingSecret is set: set features.redis.urlKey, the key holding host:port,password=..." -}}
 {{- end -}}
