@@ -77,7 +77,7 @@ class Fakes:
             raise rpc_error(self.fail_preprocess, "preprocess is down")
         x = decode_frame(request.frame)["x"].values
         if (x < 0).any():
-            raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"column 'x' row {int(np.argmax(x < 0))} is negative")
+            raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT, f"row {int(np.argmax(x < 0))} column 'x' is negative")
         tensor = encode_tensor((2 * x).astype(np.float32).reshape(-1, 1))
         return preprocess_pb2.TransformResponse(tensor=tensor, preprocessor=types_pb2.ArtifactIdentity(name="pre", run_id="run1"))
 
@@ -450,3 +450,175 @@ def test_a_lasting_skew_is_answered_failed_precondition_in_bounded_time() -> Non
     assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
     assert SKEW_GUARD_MESSAGE_PREFIX in err.value.message
     assert 2 <= len(fakes.model_calls) < 20  # backoff, not a hot loop
+
+
+# --- a group cut short by its earliest deadline during a hot reload --------------
+
+
+class Reloading(Fakes):
+    """A hot reload: the model refuses every tensor (skew guard) for `reload_s`, from the
+    first call of `trigger_rows` rows on (the coalesced group's call)."""
+
+    def __init__(self, trigger_rows: int, reload_s: float = 0.3) -> None:
+        super().__init__(delay=0.005)
+        self.trigger_rows = trigger_rows
+        self.reload_s = reload_s
+        self.until = 0.0
+
+    async def ModelInfer(self, request: v2.ModelInferRequest, timeout: float | None = None) -> v2.ModelInferResponse:
+        if request.inputs[0].shape[0] == self.trigger_rows and not self.until:
+            self.until = time.monotonic() + self.reload_s
+        if time.monotonic() < self.until:
+            self.model_calls.append(request.inputs[0].shape[0])
+            await asyncio.sleep(0.002)
+            raise rpc_error(grpc.StatusCode.FAILED_PRECONDITION, f"{SKEW_GUARD_MESSAGE_PREFIX} the input was made by run 'run1' ...")
+        return await super().ModelInfer(request, timeout)
+
+
+@pytest.mark.parametrize("kind", ["rows", "entities"])
+def test_a_reload_outlasting_the_groups_earliest_deadline_retries_the_others_alone(kind: str) -> None:
+    """The group's call waits out the reload only until its earliest deadline; then the
+    short caller gets DEADLINE_EXCEEDED and the one with time left waits it out alone."""
+    async def go() -> tuple[list, float, Reloading]:
+        fakes = Reloading(trigger_rows=2)
+        p = pipeline(fakes, delay_us=50_000, max_rows=256)
+        if kind == "rows":
+            def call(seconds: float, driver: int):  # noqa: ANN202
+                return p.predict_rows([raw(driver / 10000 + 2001 / 1e6)], Deadline(seconds))
+        else:
+            def call(seconds: float, driver: int):  # noqa: ANN202
+                return p.predict_entities([entity(driver)], Deadline(seconds))
+        first = asyncio.ensure_future(call(5, 1000))  # occupies the lanes, so the next two coalesce
+        await asyncio.sleep(0)
+        start = time.monotonic()
+        got = await asyncio.gather(call(5, 1001), call(0.1, 1002), return_exceptions=True)
+        elapsed = time.monotonic() - start
+        await first
+        return got, elapsed, fakes
+
+    (long_, short), elapsed, fakes = asyncio.run(go())
+    assert 2 in fakes.model_calls  # the group's call was refused during the reload
+    assert probs(long_) == pytest.approx([expected(1001)], abs=1e-6)
+    assert elapsed >= 0.25  # it waited the reload out
+    assert isinstance(short, ServiceError) and short.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_lone_caller_whose_deadline_ends_the_reload_wait_gets_deadline_exceeded() -> None:
+    fakes = Fakes(delay=0.001)
+    fakes.skew_refusals = 10_000
+    with pytest.raises(DeadlineExceeded) as err:
+        asyncio.run(pipeline(fakes).predict_rows([raw(0.1)], Deadline(0.2)))  # skew_retry_s is 15 s
+    assert "waiting out a model reload" in err.value.message and SKEW_GUARD_MESSAGE_PREFIX in err.value.message
+
+
+# --- lanes are released ----------------------------------------------------------
+
+
+def test_a_lane_whose_queued_callers_all_gave_up_is_released() -> None:
+    """Lanes are keyed by caller-chosen schemas: one left behind whenever every queued
+    caller gave up would grow memory without bound."""
+    release = asyncio.Event()
+
+    async def run_one(item: int, deadline: Deadline) -> int:
+        await release.wait()
+        return item
+
+    async def run_group(items, deadline: Deadline) -> list[int]:  # noqa: ANN001
+        raise AssertionError("every queued caller gave up: no group")
+
+    async def scenario() -> None:
+        c: Coalescer[int, int] = Coalescer(run_one, run_group, max_delay_us=50_000, max_rows=256)
+        first = asyncio.ensure_future(c.submit("k", 1, 1, Deadline(5)))
+        await asyncio.sleep(0)  # in flight
+        queued = [asyncio.ensure_future(c.submit("k", i, 1, Deadline(5))) for i in (2, 3)]
+        await asyncio.sleep(0)
+        for t in queued:
+            t.cancel()
+        await asyncio.gather(*queued, return_exceptions=True)
+        assert len(c._lanes["k"].queue) == 2  # still queued, given up
+        release.set()
+        assert await first == 1
+        assert c._lanes == {}
+
+    asyncio.run(scenario())
+
+
+def test_schemas_whose_queued_callers_were_cancelled_leave_no_lanes_behind() -> None:
+    class RefusesUnknownColumns(Fakes):
+        async def Transform(self, request: preprocess_pb2.TransformRequest, timeout: float | None = None) -> preprocess_pb2.TransformResponse:
+            await self._work(timeout)
+            raise rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "wrong column set")
+
+    async def pair(p: Pipeline, i: int) -> None:
+        row = types_pb2.Row()
+        row.values[f"c{i}"].double_value = 0.5  # a schema no one else uses
+        a = asyncio.ensure_future(p.predict_rows([row], Deadline(5)))  # idle lane: in flight
+        await asyncio.sleep(0)
+        b = asyncio.ensure_future(p.predict_rows([row], Deadline(5)))  # queued behind it
+        await asyncio.sleep(0)
+        b.cancel()
+        await asyncio.gather(a, b, return_exceptions=True)
+
+    async def go() -> Pipeline:
+        p = pipeline(RefusesUnknownColumns(delay=0.002), delay_us=1000, max_rows=256)
+        for i in range(20):
+            await pair(p, i)
+        return p
+
+    p = asyncio.run(go())
+    assert p.score_coalescer._lanes == {} and p.features_coalescer._lanes == {}
+
+
+# --- row errors name the caller's row ----------------------------------------------
+
+
+def test_a_row_error_in_a_chunk_names_the_callers_row() -> None:
+    rows = [raw(0.1)] * 1000
+    rows[600] = raw(-1.0)
+    with pytest.raises(InvalidArgument) as err:
+        asyncio.run(pipeline(Fakes(), chunk_rows=256).predict_rows(rows, Deadline(5)))
+    assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.message == "preprocess: row 600 column 'x' is negative"  # chunk 2's row 88
+
+
+def test_a_row_error_in_a_coalesced_group_names_the_callers_row() -> None:
+    async def go() -> list:
+        p = pipeline(Fakes(), chunk_rows=4, delay_us=50_000, max_rows=256)
+        first = asyncio.ensure_future(p.predict_rows([raw(0.1)], Deadline(5)))
+        await asyncio.sleep(0)
+        bad = [raw(0.2)] * 6
+        bad[5] = raw(-1.0)
+        return await asyncio.gather(first, p.predict_rows([raw(0.3)] * 3, Deadline(5)), p.predict_rows(bad, Deadline(5)),
+                                    return_exceptions=True)
+
+    first, ok, bad = asyncio.run(go())
+    assert len(probs(first)) == 1 and len(probs(ok)) == 3
+    assert isinstance(bad, InvalidArgument) and bad.message == "preprocess: row 5 column 'x' is negative"
+
+
+def test_a_row_error_names_the_callers_entity_row_after_unknown_entities_were_left_out() -> None:
+    """Unknown entities are not scored, and the batch is chunked: neither may move the row."""
+    entities = [entity(1000 + i) for i in range(10)]
+    entities[1] = entities[2] = entity(UNKNOWN_DRIVER)
+    entities[7] = entity(-5000)  # features give a negative x: preprocess refuses it
+    # found rows [0, 3, 4, 5, 6, 7, 8, 9]: row 7 is the 6th, row 2 of the second chunk of 3
+    with pytest.raises(InvalidArgument) as err:
+        asyncio.run(pipeline(Fakes(), chunk_rows=3).predict_entities(entities, Deadline(5)))
+    assert err.value.message == "preprocess: row 7 column 'x' is negative"
+
+
+def test_a_row_error_in_an_entity_group_names_the_callers_row() -> None:
+    async def go() -> list:
+        p = pipeline(Fakes(), delay_us=50_000, max_rows=256)
+        first = asyncio.ensure_future(p.predict_entities([entity(1000)], Deadline(5)))
+        await asyncio.sleep(0)
+        group = [
+            p.predict_entities([entity(1001), entity(1002)], Deadline(5)),
+            p.predict_entities([entity(UNKNOWN_DRIVER), entity(UNKNOWN_DRIVER), entity(-5000), entity(1003)], Deadline(5)),
+        ]
+        return await asyncio.gather(first, *group, return_exceptions=True)
+
+    first, ok, bad = asyncio.run(go())
+    assert probs(first) == pytest.approx([expected(1000)], abs=1e-6)
+    assert probs(ok) == pytest.approx([expected(1001), expected(1002)], abs=1e-6)
+    assert isinstance(bad, InvalidArgument) and bad.message == "preprocess: row 2 column 'x' is negative"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 from meshserve.v1 import types_pb2
@@ -9,7 +10,7 @@ from meshserve.v1 import types_pb2
 from meshserve_runtime.codecs import decode_frame
 from meshserve_runtime.errors import InvalidArgument
 
-from meshserve_gateway.rows import describe_row, rows_to_frame
+from meshserve_gateway.rows import RowError, describe_row, downstream_error, rows_to_frame
 
 
 def row(**values: object) -> types_pb2.Row:
@@ -88,3 +89,32 @@ def test_column_values_keep_their_type_and_int64_in_a_double_column_rounds_as_nu
     assert cols["s"].kind == "string_values" and cols["s"].values.tolist() == ["é", ""]
     assert cols["b"].kind == "bool_values" and cols["b"].values.tolist() == [True, False]
     assert all(c.null is None for c in cols.values())  # no mask written without a null
+
+
+def _rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+def test_a_downstream_row_error_keeps_its_row_apart_to_be_rebased() -> None:
+    err = downstream_error(_rpc_error(grpc.StatusCode.INVALID_ARGUMENT, "row 88 {'a': 1e+300} overflows float32"), "preprocess")
+    assert isinstance(err, RowError) and isinstance(err, InvalidArgument)
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and err.row == 88
+    assert err.message == "preprocess: row 88 {'a': 1e+300} overflows float32"
+    moved = err.at(600)
+    assert moved.message == "preprocess: row 600 {'a': 1e+300} overflows float32" and moved.row == 600
+    assert err.message.endswith("row 88 {'a': 1e+300} overflows float32")  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    "code, details",
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, "column 'a' must be double or int64, got bool"),  # not about a row
+        (grpc.StatusCode.INVALID_ARGUMENT, "rows 3 and 4 disagree"),  # "row" must be followed by a number
+        (grpc.StatusCode.INVALID_ARGUMENT, "row abc"),
+        (grpc.StatusCode.UNAVAILABLE, "row 3 is fine; the service is not"),  # only INVALID_ARGUMENT names a bad row
+    ],
+)
+def test_other_downstream_errors_pass_through_as_from_rpc_error(code: grpc.StatusCode, details: str) -> None:
+    err = downstream_error(_rpc_error(code, details), "preprocess")
+    assert not isinstance(err, RowError)
+    assert err.code == code and err.message == f"preprocess: {details}"

@@ -39,7 +39,8 @@ def test_the_first_non_finite_cell_by_column_then_row_is_named(bad: float) -> No
     }
     with pytest.raises(InvalidArgument) as err:
         loaded().to_matrix(cols, 3)
-    assert "column 'b' row 2" in err.value.message and "mark a missing value as null" in err.value.message
+    # "row N" first: the gateway rebases it to the caller's row when it sent a chunk.
+    assert err.value.message.startswith("row 2 column 'b' is ") and "mark a missing value as null" in err.value.message
 
 
 def test_a_non_numeric_column_is_refused_by_name() -> None:

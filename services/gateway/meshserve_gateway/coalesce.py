@@ -21,7 +21,8 @@ lane:
 Every member has its own future, so one caller cancelling never cancels the group.
 Errors: a group call failing with a status a single member may have caused
 (`retry_alone`, e.g. INVALID_ARGUMENT, NOT_FOUND, DEADLINE_EXCEEDED from the group's
-shared deadline) is retried member by member, so only the guilty caller sees it;
+shared deadline -- also when it cut short the wait out of a model reload, see
+Pipeline._score_once) is retried member by member, so only the guilty caller sees it;
 any other status (UNAVAILABLE, FAILED_PRECONDITION...) is about the stage, not the
 rows, and fails every member with that status.
 Deadline: the group call runs under the earliest member deadline (no member is kept
@@ -132,14 +133,21 @@ class Coalescer(Generic[T, R]):
         lane.timer = None
         if lane.in_flight < self.max_in_flight:
             self._flush(key)
+            self._release_if_idle(key, lane)  # every queued caller may have given up
         # else: the stage is saturated; the next completion (_on_idle) sends the group.
 
     def _on_idle(self, key: Hashable, lane: _Lane[T, R]) -> None:
         """A call on the lane finished: send whatever queued up meanwhile."""
         if lane.queue:
             self._flush(key)
-        elif lane.in_flight == 0:
-            self._lanes.pop(key, None)  # keys are schemas: don't keep idle lanes around
+        self._release_if_idle(key, lane)
+
+    def _release_if_idle(self, key: Hashable, lane: _Lane[T, R]) -> None:
+        # Keys are caller-chosen schemas: a lane with nothing in flight and nothing queued
+        # (also when every queued caller gave up, so the flush sent nothing) must go, or
+        # distinct schemas pin memory for ever.
+        if lane.in_flight == 0 and not lane.queue and self._lanes.get(key) is lane:
+            del self._lanes[key]
 
     def _flush(self, key: Hashable) -> None:
         lane = self._lanes.get(key)

@@ -28,7 +28,7 @@ from meshserve.inference.v2 import open_inference_pb2_grpc as v2_grpc
 from meshserve.v1 import features_pb2, features_pb2_grpc, prediction_pb2, preprocess_pb2, preprocess_pb2_grpc, types_pb2
 
 from meshserve_runtime.codecs import decode_frame, encode_frame
-from meshserve_runtime.errors import InvalidArgument, NotFound, ServiceError, Unavailable, from_rpc_error
+from meshserve_runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable, from_rpc_error
 from meshserve_runtime.protocol import (
     MODEL_ALIAS_PARAMETER,
     MODEL_RUN_ID_PARAMETER,
@@ -39,7 +39,16 @@ from meshserve_runtime.protocol import (
 from meshserve_gateway.coalesce import Coalescer
 from meshserve_gateway.deadline import Deadline
 from meshserve_gateway.metrics import COALESCED_CALLERS, SKEW_RETRIES, stage
-from meshserve_gateway.rows import check_finite, concat_frames, describe_row, frame_schema, rows_to_frame, slice_frame
+from meshserve_gateway.rows import (
+    RowError,
+    check_finite,
+    concat_frames,
+    describe_row,
+    downstream_error,
+    frame_schema,
+    rows_to_frame,
+    slice_frame,
+)
 
 _NOT_FOUND = features_pb2.FEATURE_STATUS_NOT_FOUND
 
@@ -136,10 +145,16 @@ class Pipeline:
             predictions[i].error.message = message
         response = prediction_pb2.PredictResponse()
         if ok:
-            if isinstance(feats, _FeaturesShare):
-                scored = await self._score_share(feats, len(ok), deadline)
-            else:
-                scored = await self._score(feats.features if len(ok) == n else _take_rows(feats.features, ok), deadline)
+            try:
+                if isinstance(feats, _FeaturesShare):
+                    scored = await self._score_share(feats, len(ok), deadline)
+                else:
+                    scored = await self._score(feats.features if len(ok) == n else _take_rows(feats.features, ok), deadline)
+            except RowError as err:
+                # The frame scored held only this caller's found rows: name the caller's row.
+                if len(ok) == n or not 0 <= err.row < len(ok):
+                    raise
+                raise err.at(ok[err.row]) from None
             for j, i in enumerate(ok):
                 predictions[i].probability = float(scored.probabilities[j])
             response.model.CopyFrom(scored.model)
@@ -229,19 +244,21 @@ class Pipeline:
         n = frame.num_rows
         if self.chunk_rows <= 0 or n <= self.chunk_rows:
             return await self._score_once(frame, deadline)
-        chunks = [slice_frame(frame, a, min(a + self.chunk_rows, n)) for a in range(0, n, self.chunk_rows)]
+        starts = range(0, n, self.chunk_rows)
+        chunks = [slice_frame(frame, a, min(a + self.chunk_rows, n)) for a in starts]
         for _ in range(2):
-            parts = await _gather_or_cancel([self._score_once(c, deadline) for c in chunks])
+            parts = await _gather_or_cancel([self._score_once(c, deadline, a) for c, a in zip(chunks, starts, strict=True)])
             # During a hot reload chunks may land on different releases; one response
             # names one release, so score again rather than mix them.
             if len({p.release() for p in parts}) == 1:
                 return Scored(np.concatenate([p.probabilities for p in parts]), parts[0].model, parts[0].preprocessor)
         raise Unavailable("the model release changed while the batch was being scored; retry")
 
-    async def _score_once(self, frame: types_pb2.Frame, deadline: Deadline) -> Scored:
+    async def _score_once(self, frame: types_pb2.Frame, deadline: Deadline, offset: int = 0) -> Scored:
         """Preprocess then model; refused by the skew guard (the two services are switching
         releases one after the other), try again with backoff for up to skew_retry_s
-        within the caller's deadline: a request may wait for a hot reload, never mix releases."""
+        within the caller's deadline: a request may wait for a hot reload, never mix releases.
+        `offset`: the frame's first row in the caller's batch (a chunk), for row errors."""
         backoff = 0.02
         give_up = time.monotonic() + self.skew_retry_s
         while True:
@@ -249,9 +266,16 @@ class Pipeline:
                 return await self._score_attempt(frame, deadline)
             except ServiceError as err:
                 if not (err.code == grpc.StatusCode.FAILED_PRECONDITION and SKEW_GUARD_MESSAGE_PREFIX in err.message):
+                    if offset and isinstance(err, RowError):
+                        raise err.at(err.row + offset) from None  # the chunk's row -> the batch's
                     raise
                 left = min(deadline.end, give_up) - time.monotonic()
                 if left <= backoff:
+                    if deadline.end < give_up:
+                        # The deadline, not skew_retry_s, ended the wait. Say so: the caller's
+                        # time ran out, and for a coalesced group (run under its earliest
+                        # deadline) DEADLINE_EXCEEDED sends members with time left to retry alone.
+                        raise DeadlineExceeded(f"deadline exceeded while waiting out a model reload ({err.message})") from None
                     raise
                 SKEW_RETRIES.inc()
                 await asyncio.sleep(backoff)
@@ -264,7 +288,7 @@ class Pipeline:
                     preprocess_pb2.TransformRequest(frame=frame), timeout=deadline.remaining("preprocess")
                 )
             except grpc.aio.AioRpcError as err:
-                raise from_rpc_error(err, "preprocess") from None
+                raise downstream_error(err, "preprocess") from None  # "row N" of this frame: rebased by the callers
 
         tensor = pre.tensor
         request = v2.ModelInferRequest(model_name=self.model_name)

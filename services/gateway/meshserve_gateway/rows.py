@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
+import grpc
 import numpy as np
 from meshserve.v1 import types_pb2
 
 from meshserve_runtime.codecs import KIND_BOOL, KIND_DOUBLE, KIND_INT64, KIND_STRING
-from meshserve_runtime.errors import InvalidArgument
+from meshserve_runtime.errors import InvalidArgument, ServiceError, from_rpc_error
 
 _KIND_OF_VALUE = {
     "int64_value": KIND_INT64,
@@ -151,3 +153,35 @@ def check_finite(frame: types_pb2.Frame, field: str) -> None:
             i = int(np.argmin(finite))
             what = "NaN" if np.isnan(values[i]) else "infinity"
             raise InvalidArgument(f"{field}[{i}].{col.name} is {what}; raw feature values must be finite (use null for a missing value)")
+
+
+# --- Row errors from downstream: the row named must be the caller's row.
+
+_ROW_PREFIX = re.compile(r"row (\d+)\b")
+
+
+class RowError(InvalidArgument):
+    """A hop's INVALID_ARGUMENT about one row of the frame it was sent. That frame may be
+    a chunk of the caller's batch, or only the caller's entities that had features, so
+    the row is kept apart from the text and rebased (`at`) to the caller's own row."""
+
+    def __init__(self, hop: str, row: int, rest: str) -> None:
+        super().__init__(f"{hop}: row {row}{rest}")
+        self.hop = hop
+        self.row = row
+        self.rest = rest
+
+    def at(self, row: int) -> RowError:
+        return RowError(self.hop, row, self.rest)
+
+
+def downstream_error(err: grpc.aio.AioRpcError, hop: str) -> ServiceError:
+    """from_rpc_error, but a row error (preprocess starts those with "row N", N counted
+    from 0 in the frame it got; see meshserve_preprocess.transformer.row_error) becomes a
+    RowError the gateway can rebase. Only on the error path: nothing on the success path."""
+    if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        details = err.details() or ""
+        match = _ROW_PREFIX.match(details)
+        if match is not None:
+            return RowError(hop, int(match[1]), details[match.end():])
+    return from_rpc_error(err, hop)

@@ -10,7 +10,7 @@ from meshserve_runtime.codecs import decode_frame, encode_tensor
 from meshserve_runtime.errors import InvalidArgument, Unavailable
 from meshserve_runtime.tracing import span
 
-from meshserve_preprocess.transformer import LoadedPreprocessor
+from meshserve_preprocess.transformer import LoadedPreprocessor, row_error
 
 
 class PreprocessServicer(preprocess_pb2_grpc.PreprocessServiceServicer):
@@ -37,7 +37,7 @@ class PreprocessServicer(preprocess_pb2_grpc.PreprocessServiceServicer):
         if not finite.all():
             row = int(np.argmin(finite.all(axis=1)))
             values = {name: float(v) for name, v in zip(pre.input_columns, x[row], strict=True)}
-            raise InvalidArgument(f"row {row} {values} overflows float32 once preprocessed; send feature values of a realistic magnitude")
+            raise row_error(row, f"{values} overflows float32 once preprocessed; send feature values of a realistic magnitude")
         return preprocess_pb2.TransformResponse(tensor=encode_tensor(y), preprocessor=pre.artifact.identity())
 
     async def GetPreprocessorInfo(self, request: preprocess_pb2.GetPreprocessorInfoRequest, context: grpc.aio.ServicerContext) -> preprocess_pb2.GetPreprocessorInfoResponse:

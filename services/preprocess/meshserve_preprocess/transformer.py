@@ -34,6 +34,13 @@ log = logging.getLogger("meshserve.preprocess")
 _NUMERIC_KINDS = (KIND_DOUBLE, KIND_INT64)
 
 
+def row_error(row: int, detail: str) -> InvalidArgument:
+    """A refusal about one row: "row N ..." with N counted from 0 in the frame received.
+    Every row error starts so: the gateway, which may have sent a chunk of a caller's
+    batch, rebases N to the caller's row (meshserve_gateway.rows.downstream_error)."""
+    return InvalidArgument(f"row {row} {detail}")
+
+
 @dataclass(slots=True)
 class LoadedPreprocessor:
     artifact: ResolvedArtifact
@@ -77,9 +84,10 @@ class LoadedPreprocessor:
         if not finite.all():
             j = int(np.argmax(~finite.all(axis=0)))  # the first offending column, then its first row
             row = int(np.argmin(finite[:, j]))
-            raise InvalidArgument(
-                f"column {self.input_columns[j]!r} row {row} is {x[row, j]!r}: NaN and infinity are not accepted; "
-                "mark a missing value as null instead"
+            raise row_error(
+                row,
+                f"column {self.input_columns[j]!r} is {x[row, j]!r}: NaN and infinity are not accepted; "
+                "mark a missing value as null instead",
             )
         return x
 
