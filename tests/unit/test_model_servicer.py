@@ -176,3 +176,134 @@ def test_a_cpu_float32_forward_pass_comes_back_as_float32_rows() -> None:
     )
     out = loaded.predict(np.ones((4, N_FEATURES), dtype=np.float32))
     assert out.dtype == np.float32 and out.shape == (4, 1)
+
+
+def _overflowing(dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A model whose first two weights cancel: inputs [v, v, 0] overflowing to inf give inf - inf = NaN."""
+    module = Tiny()
+    with torch.no_grad():
+        module.linear.weight.copy_(torch.tensor([[2.0, -2.0, 0.0]]))
+        module.linear.bias.zero_()
+    artifact = ResolvedArtifact(name="m", version="3", run_id="run-a", alias="production", source="")
+    return LoadedModel(artifact, module.eval().to(dtype), torch.device("cpu"), N_FEATURES, "pytorch", dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "dtype, huge",
+    [
+        (torch.float32, 3e38),  # finite FP32 near its limit: 2 * 3e38 overflows inside the model
+        (torch.float16, 7e4),  # finite FP32 (and realistic-looking) but past float16's 65504
+        (torch.bfloat16, 3e38),
+    ],
+)
+async def test_an_output_that_overflows_to_nan_is_invalid_argument_naming_its_rows(
+    servicer: InferenceServicer, dtype: torch.dtype, huge: float
+) -> None:
+    servicer.current = _overflowing(dtype)
+    x = np.zeros((4, N_FEATURES), np.float32)
+    x[[1, 3], :2] = huge
+    for raw in (True, False):
+        with pytest.raises(InvalidArgument, match=r"NaN or infinity for row\(s\) 1, 3 of input 'input'") as info:
+            await servicer.ModelInfer(_request(x, raw=raw), None)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert str(dtype).removeprefix("torch.") in info.value.message
+    # The same rows without the huge ones are answered.
+    reply = await servicer.ModelInfer(_request(x[[0, 2]]), None)
+    assert np.isfinite(np.frombuffer(reply.raw_output_contents[0], "<f4")).all()
+
+
+async def test_an_overflowing_call_batched_with_others_fails_alone_with_its_own_rows(servicer: InferenceServicer) -> None:
+    import asyncio
+
+    from meshserve_model.batching import Batcher
+
+    model = servicer.current = _overflowing()
+    batches: list[int] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        batches.append(len(x))
+        return model.predict(x)
+
+    model.batcher = Batcher(predict, max_batch_size=64, max_queue_delay_us=0, max_queue_size=16)
+    good = np.ones((3, N_FEATURES), np.float32)
+    bad = np.zeros((2, N_FEATURES), np.float32)
+    bad[1, :2] = 3e38
+    try:
+        ok, refused = await asyncio.gather(
+            servicer.ModelInfer(_request(good), None), servicer.ModelInfer(_request(bad), None), return_exceptions=True
+        )
+    finally:
+        await model.batcher.close()
+    assert batches == [5]  # one forward pass for both calls
+    assert isinstance(ok, v2.ModelInferResponse) and list(ok.outputs[0].shape) == [3, 1]
+    assert isinstance(refused, InvalidArgument) and "row(s) 1 of input" in refused.message, refused
+
+
+def test_check_output_counts_rows_past_the_ones_it_names() -> None:
+    from meshserve_model.codecs import check_output
+
+    check_output(np.array([[0.0], [1.0]], np.float32), torch.float32)  # finite: no error
+    out = np.full((30, 1), 0.5, np.float32)
+    out[5:20] = np.inf
+    out[25] = np.nan
+    with pytest.raises(InvalidArgument, match=r"row\(s\) 5, 6, 7, 8, 9, 10, 11, 12, 13, 14 and 6 more of input"):
+        check_output(out, torch.float32)
+
+
+async def test_a_pinned_version_is_not_answered_by_the_one_the_skew_guard_picks(servicer: InferenceServicer) -> None:
+    from meshserve_runtime.protocol import SKEW_GUARD_MESSAGE_PREFIX
+
+    servicer.install(_other_version("4", "run-b"), overlap_s=60)  # v3 (run-a) stays for the overlap
+    req = _request(np.zeros((1, N_FEATURES), np.float32), model_version="4")
+    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-a"
+    with pytest.raises(FailedPrecondition, match=r"version '4' was requested.*run 'run-a', which pairs with version '3'") as info:
+        await servicer.ModelInfer(req, None)
+    # Not the skew guard's transient refusal (which the gateway retries): retrying can't help.
+    assert not info.value.message.startswith(SKEW_GUARD_MESSAGE_PREFIX)
+    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-b"
+    assert (await servicer.ModelInfer(req, None)).model_version == "4"
+    req.model_version = ""
+    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-a"
+    assert (await servicer.ModelInfer(req, None)).model_version == "3"
+
+
+async def test_a_pinned_version_is_not_answered_by_the_version_a_reload_installs(servicer: InferenceServicer) -> None:
+    async def check_reload() -> bool:
+        servicer.install(_other_version("4", "run-b"), overlap_s=60)
+        return True
+
+    servicer.check_reload = check_reload
+    servicer.reload_wait_s = 1.0
+    req = _request(np.zeros((1, N_FEATURES), np.float32), model_version="3")
+    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-b"
+    with pytest.raises(FailedPrecondition, match="pairs with version '4'"):
+        await servicer.ModelInfer(req, None)
+
+
+async def test_a_registry_that_cannot_be_reached_during_the_skew_guard_is_unavailable(servicer: InferenceServicer) -> None:
+    async def check_reload() -> bool:
+        raise ConnectionError("registry down")
+
+    servicer.check_reload = check_reload
+    servicer.reload_wait_s = 1.0
+    req = _request(np.zeros((1, N_FEATURES), np.float32))
+    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-b"
+    with pytest.raises(Unavailable, match=r"run 'run-b'.*checking the model registry.*failed \(ConnectionError\); retry") as info:
+        await servicer.ModelInfer(req, None)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_an_alias_that_points_nowhere_during_the_skew_guard_keeps_its_refusal(servicer: InferenceServicer) -> None:
+    from meshserve_runtime.protocol import SKEW_GUARD_MESSAGE_PREFIX
+    from meshserve_runtime.registry import ArtifactNotFound
+
+    async def check_reload() -> bool:
+        raise ArtifactNotFound("no version of registered model 'm' has alias 'production'")
+
+    servicer.check_reload = check_reload
+    servicer.reload_wait_s = 1.0
+    req = _request(np.zeros((1, N_FEATURES), np.float32))
+    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-b"
+    with pytest.raises(FailedPrecondition, match="run-b.*run-a") as info:
+        await servicer.ModelInfer(req, None)
+    assert info.value.message.startswith(SKEW_GUARD_MESSAGE_PREFIX)

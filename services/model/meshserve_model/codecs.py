@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from meshserve.inference.v2 import open_inference_pb2 as v2
 
 from meshserve_runtime.errors import InvalidArgument
@@ -10,6 +11,7 @@ from meshserve_runtime.errors import InvalidArgument
 from meshserve_model.model import INPUT_NAME, OUTPUT_NAME
 
 _LE_FP32 = np.dtype("<f4")  # the wire's FP32: little-endian, row-major
+_ROWS_NAMED = 10  # rows an error message lists (the rest are counted)
 
 _TYPED_FIELDS = (
     "bool_contents", "int_contents", "int64_contents", "uint_contents",
@@ -56,6 +58,27 @@ def decode_input(request: v2.ModelInferRequest, num_features: int, max_rows: int
     if not np.isfinite(x).all():
         raise InvalidArgument(f"input {INPUT_NAME!r} contains NaN or infinity")
     return x, raw
+
+
+def check_output(probabilities: np.ndarray, dtype: torch.dtype) -> None:
+    """Refuse an output with NaN or infinity, naming the input rows that produced it.
+
+    Finite inputs of extreme magnitude (near FP32's ±3.4e38, or past 65504 when the model
+    computes in float16) overflow inside the model, where inf - inf gives NaN.
+    """
+    # One vectorized check on the success path; the rows are only worked out on failure.
+    if np.isfinite(probabilities).all():
+        return
+    bad = np.flatnonzero(~np.isfinite(probabilities.reshape(len(probabilities), -1)).all(axis=1))
+    rows = ", ".join(str(int(r)) for r in bad[:_ROWS_NAMED])
+    if len(bad) > _ROWS_NAMED:
+        rows += f" and {len(bad) - _ROWS_NAMED} more"
+    precision = str(dtype).removeprefix("torch.")
+    raise InvalidArgument(
+        f"output {OUTPUT_NAME!r} is NaN or infinity for row(s) {rows} of input {INPUT_NAME!r}: their values overflow "
+        f"the model's {precision} arithmetic (largest value {torch.finfo(dtype).max:g}); "
+        "send feature values of a realistic magnitude"
+    )
 
 
 def check_requested_outputs(request: v2.ModelInferRequest) -> None:

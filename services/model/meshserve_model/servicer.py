@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
@@ -12,9 +13,12 @@ from meshserve.inference.v2 import open_inference_pb2_grpc as v2_grpc
 
 from meshserve_runtime.errors import FailedPrecondition, NotFound, Unavailable
 from meshserve_runtime.protocol import MODEL_ALIAS_PARAMETER, MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_ID_PARAMETER, SKEW_GUARD_MESSAGE_PREFIX
+from meshserve_runtime.registry import ArtifactNotFound
 
-from meshserve_model.codecs import check_requested_outputs, decode_input, encode_output
+from meshserve_model.codecs import check_output, check_requested_outputs, decode_input, encode_output
 from meshserve_model.model import INPUT_NAME, OUTPUT_NAME, LoadedModel
+
+log = logging.getLogger("meshserve.model")
 
 SERVER_NAME = "meshserve-model"
 SERVER_VERSION = "0.1.0"
@@ -64,6 +68,22 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
                     await asyncio.wait_for(self.check_reload(), budget)
                 except TimeoutError:
                     pass
+                except ArtifactNotFound as err:
+                    # The registry answered: the alias points at no version, so no reload is
+                    # coming to pair with this input. It stays the skew guard's refusal below
+                    # (waiting won't help; the partner service switching back would).
+                    log.warning("alias check found no version; refusing the input", extra={"run_id": run_id[:64], "error": str(err)})
+                except Exception as err:  # noqa: BLE001
+                    # The watcher catches reload failures itself, so this is the registry
+                    # lookup failing (down, unreachable, erroring). We can't tell whether a
+                    # newer release pairs with this input: a transient condition, so
+                    # UNAVAILABLE (the caller retries with backoff), not a verdict on the input.
+                    log.warning("alias check failed; answering UNAVAILABLE", extra={"run_id": run_id[:64], "error": f"{type(err).__name__}: {err}"})
+                    raise Unavailable(
+                        f"the input was made by the preprocessor of run {run_id!r}, which model {self.model_name} "
+                        f"v{model.artifact.version} (run {model.artifact.run_id!r}) does not pair with, and checking the "
+                        f"model registry for a newer version failed ({type(err).__name__}); retry with backoff"
+                    ) from err
                 found = self._for_run(run_id)
         if found is None:
             raise FailedPrecondition(
@@ -115,10 +135,22 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         model = self._model(request.model_name, request.model_version)  # pinned for the whole call
         param = request.parameters.get(PREPROCESSOR_RUN_ID_PARAMETER)
         if param is not None and param.string_param != model.artifact.run_id:
-            model = await self._model_for_input(model, param.string_param, context)
+            paired = await self._model_for_input(model, param.string_param, context)
+            if request.model_version and paired.artifact.version != request.model_version:
+                # A pinned version is a promise about who answers: refuse rather than let the
+                # skew guard's pick (the previous version in the overlap, or one a reload
+                # just installed) answer in its place.
+                raise FailedPrecondition(
+                    f"model {self.model_name!r} version {request.model_version!r} was requested, but the input was made "
+                    f"by the preprocessor of run {param.string_param!r}, which pairs with version {paired.artifact.version!r}; "
+                    f"to be answered by version {request.model_version!r}, send an input made by the preprocessor of its run "
+                    f"{model.artifact.run_id!r}, or leave model_version empty"
+                )
+            model = paired
         x, raw = decode_input(request, model.num_features, self.max_batch_rows)
         check_requested_outputs(request)
         probabilities = await model.infer(x)  # batched per LoadedModel: never across versions
+        check_output(probabilities, model.dtype)
         response = v2.ModelInferResponse(model_name=self.model_name, model_version=model.artifact.version, id=request.id)
         response.parameters[MODEL_RUN_ID_PARAMETER].string_param = model.artifact.run_id
         response.parameters[MODEL_ALIAS_PARAMETER].string_param = model.artifact.alias
