@@ -49,6 +49,9 @@ class AliasWatcher:
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._last_check = 0.0
+        # The last check's registry error, raised again to callers within the rate limit:
+        # "the registry failed" must not read as "the alias did not move".
+        self._last_error: Exception | None = None
 
     def start(self) -> None:
         """Start polling (no-op when poll_s is 0 or already started)."""
@@ -66,6 +69,8 @@ class AliasWatcher:
         """Check the alias (joining a check already running); True if a switch happened."""
         if self._inflight is None or self._inflight.done():
             if time.monotonic() - self._last_check < self.min_check_interval_s:
+                if self._last_error is not None:
+                    raise self._last_error
                 return False  # just checked: don't hammer the registry
             self._inflight = asyncio.get_running_loop().create_task(self._check())
         # shield: a caller giving up (deadline) must not cancel a half-done reload
@@ -83,8 +88,13 @@ class AliasWatcher:
 
     async def _check(self) -> bool:
         self._last_check = time.monotonic()
-        # The registry client blocks (SQLite or HTTP): keep the event loop serving.
-        artifact = await asyncio.to_thread(resolve_alias, self.tracking_uri, self.name, self.alias)
+        self._last_error = None
+        try:
+            # The registry client blocks (SQLite or HTTP): keep the event loop serving.
+            artifact = await asyncio.to_thread(resolve_alias, self.tracking_uri, self.name, self.alias)
+        except Exception as err:
+            self._last_error = err
+            raise
         served = self.served()
         if artifact.version == served:
             return False

@@ -59,3 +59,33 @@ async def test_preprocess_refreezes_after_a_switch_but_not_after_the_first_load(
     assert service.servicer.current.artifact.version == "2" and refreezes == []
     await asyncio.wait_for(asyncio.gather(*service._refreezes), 5)
     assert refreezes == ["previous preprocessor version retired"]
+
+
+async def test_a_failed_alias_check_is_not_reported_as_no_move_within_the_rate_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registry error reaches every caller of check_now until the next real check, also the
+    ones the rate limit answers without asking the registry (the model then answers
+    UNAVAILABLE, not the skew guard's "no newer version")."""
+    import meshserve_runtime.reload as reload
+
+    answers: list[Any] = [ConnectionError("registry down"), artifact("1")]
+    asked: list[int] = []
+
+    def resolve(*_: Any) -> Any:
+        asked.append(1)
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def switch(_: Any) -> None:
+        raise AssertionError("the served version did not move")
+
+    monkeypatch.setattr(reload, "resolve_alias", resolve)
+    watcher = reload.AliasWatcher("sqlite://", "m", "production", 0, served=lambda: "1", switch=switch, min_check_interval_s=0.2)
+    for _ in range(2):  # the second call is inside the rate limit: the same error, no second lookup
+        with pytest.raises(ConnectionError, match="registry down"):
+            await watcher.check_now()
+    assert len(asked) == 1
+    await asyncio.sleep(0.25)
+    assert await watcher.check_now() is False  # the registry answers again: no move, no error
+    assert await watcher.check_now() is False and len(asked) == 2
