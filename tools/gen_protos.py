@@ -60,6 +60,10 @@ def generate(out: Path) -> list[Path]:
                     init.write_text(HEADER)
                 written.append(init)
                 d = d.parent
+        # PEP 561: the .pyi stubs are the package's types (mypy/pyright read them).
+        marker = out / "meshserve" / "py.typed"
+        marker.write_text("")
+        written.append(marker)
     return sorted(set(written))
 
 

@@ -104,3 +104,21 @@ def test_tracing_on_sets_the_standard_otel_variables() -> None:
 def test_tracing_values_are_checked(bad: dict) -> None:
     with pytest.raises(helm_python.HelmValuesError):
         render({"tracing": bad})
+
+
+def test_the_artifact_panel_groups_by_labels_the_services_export() -> None:
+    """The dashboard's served-versions panel must group by the info metric's real label names
+    (a label that does not exist groups every artifact into one nameless series)."""
+    import re
+
+    from meshserve_runtime.registry import ResolvedArtifact
+
+    cm = [d for d in render(ON) if d["kind"] == "ConfigMap" and d["metadata"]["name"] == f"{RELEASE}-dashboard"][0]
+    board = json.loads(cm["data"]["meshserve.json"])
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", []) if "meshserve_artifact_info" in t["expr"]]
+    assert exprs
+    exported = set(ResolvedArtifact(name="m", version="1", run_id="r", alias="production", source="models:/m/1").labels()) | {"track", "namespace"}
+    for expr in exprs:
+        for group in re.findall(r"by \(([^)]*)\)", expr):
+            labels = {g.strip() for g in group.split(",")}
+            assert labels <= exported, labels - exported

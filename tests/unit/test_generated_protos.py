@@ -39,3 +39,20 @@ def test_v2_contract_field_numbers() -> None:
     assert [m.name for m in v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods] == [
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
     ]
+
+
+def test_the_stubs_package_is_typed_and_not_pinned(tmp_path: Path) -> None:
+    """meshserve-protos, as a client installs it: a wheel with the .pyi stubs and PEP 561's
+    py.typed, depending on version ranges (an exact pin would clash with the client's own)."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+                    str(ROOT / "gen" / "python")], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("meshserve_protos-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "meshserve/py.typed" in names
+    assert {"meshserve/v1/prediction_pb2.pyi", "meshserve/v1/types_pb2.pyi"} <= names
+    requires = [line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    assert requires and not [r for r in requires if "==" in r], requires

@@ -81,3 +81,25 @@ async def test_load_sets_and_warms_the_serving_thread(monkeypatch: pytest.Monkey
         assert loaded.batcher is not None
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_cuda_memory_gauge_exists_only_on_a_gpu() -> None:
+    """A CPU pod exports no CUDA series (a 0 would read as "a GPU with nothing allocated");
+    a GPU model exports it, read at scrape time, and a reload registers it only once."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from prometheus_client import REGISTRY, generate_latest
+from meshserve_model import metrics
+metrics.export_device(torch.device("cpu"), "float32", 1)
+assert b"meshserve_model_cuda_memory_allocated_bytes" not in generate_latest(REGISTRY)
+torch.cuda.memory_allocated = lambda device=None: 1234.0  # no GPU here: stand in for the driver
+metrics.export_device(torch.device("cuda", 0), "float32", 1)
+metrics.export_device(torch.device("cuda", 0), "float16", 1)  # a hot reload: same gauge
+assert REGISTRY.get_sample_value("meshserve_model_cuda_memory_allocated_bytes") == 1234.0
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -42,14 +42,19 @@ DEVICE_INFO = Info(
     "meshserve_model_device",
     "Where inference runs: device, dtype, torch threads, torch version.",
 )
-CUDA_MEMORY = Gauge(
-    "meshserve_model_cuda_memory_allocated_bytes",
-    "CUDA memory held by tensors (only exported when the model runs on a GPU).",
-)
+# Registered on the first GPU model only (export_device): a CPU pod exports no CUDA series
+# at all, rather than a 0 that reads as "a GPU with nothing allocated".
+CUDA_MEMORY: Gauge | None = None
 
 
 def export_device(device: torch.device, dtype: str, num_threads: int) -> None:
     DEVICE_INFO.info({"device": str(device), "dtype": dtype, "threads": str(num_threads), "torch": torch.__version__})
+    global CUDA_MEMORY
     if device.type == "cuda":
+        if CUDA_MEMORY is None:
+            CUDA_MEMORY = Gauge(
+                "meshserve_model_cuda_memory_allocated_bytes",
+                "CUDA memory held by tensors (only exported when the model runs on a GPU).",
+            )
         # Read at scrape time: no per-request cost.
         CUDA_MEMORY.set_function(lambda: float(torch.cuda.memory_allocated(device)))
