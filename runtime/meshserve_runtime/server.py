@@ -15,7 +15,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
@@ -263,9 +265,18 @@ def _bind(add_port: Callable[[], int], what: str, address: str, setting: str) ->
 def serve(service: Service, settings: ServerSettings) -> None:
     """Process entry point: configure logging and run the service until signalled."""
     configure_logging(settings.log_level, settings.log_json)
+    runner = asyncio.Runner()
     try:
-        asyncio.run(ServiceRunner(service, settings).run())
+        runner.run(ServiceRunner(service, settings).run())
     except (TLSConfigError, StartupError) as err:
         # A configuration mistake, not a crash: one line that names the setting, exit 2.
         log.critical("cannot start: %s", err)
         raise SystemExit(2) from None
+    # Drained: calls finished, service closed, spans flushed. Exit now, without the join of
+    # worker threads that closing the loop (its default executor) and interpreter exit both
+    # do: a registry call or an artifact load still running in one (a hung MLflow server,
+    # SIGTERM during start-up) would hold the pod past its grace period, to a SIGKILL.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
