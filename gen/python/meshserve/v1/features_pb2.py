@@ -26,13 +26,14 @@ _sym_db = _symbol_database.Default()
 from meshserve.v1 import types_pb2 as meshserve_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmeshserve/v1/features.proto\x12\x0cmeshserve.v1\x1a\x18meshserve/v1/types.proto\"Z\n\x18GetOnlineFeaturesRequest\x12%\n\x08\x65ntities\x18\x01 \x01(\x0b\x32\x13.meshserve.v1.Frame\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x02 \x01(\t\"R\n\x13\x46\x65\x61tureStatusColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x08statuses\x18\x02 \x03(\x0e\x32\x1b.meshserve.v1.FeatureStatus\"\x90\x01\n\x19GetOnlineFeaturesResponse\x12%\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x13.meshserve.v1.Frame\x12\x33\n\x08statuses\x18\x02 \x03(\x0b\x32!.meshserve.v1.FeatureStatusColumn\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x03 \x01(\t*\x8d\x01\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x41TURE_STATUS_PRESENT\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_STATUS_NOT_FOUND\x10\x02\x12\"\n\x1e\x46\x45\x41TURE_STATUS_OUTSIDE_MAX_AGE\x10\x03\x32v\n\x0e\x46\x65\x61tureService\x12\x64\n\x11GetOnlineFeatures\x12&.meshserve.v1.GetOnlineFeaturesRequest\x1a\'.meshserve.v1.GetOnlineFeaturesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmeshserve/v1/features.proto\x12\x0cmeshserve.v1\x1a\x18meshserve/v1/types.proto\"Z\n\x18GetOnlineFeaturesRequest\x12%\n\x08\x65ntities\x18\x01 \x01(\x0b\x32\x13.meshserve.v1.Frame\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x02 \x01(\t\"R\n\x13\x46\x65\x61tureStatusColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x08statuses\x18\x02 \x03(\x0e\x32\x1b.meshserve.v1.FeatureStatus\"\x90\x01\n\x19GetOnlineFeaturesResponse\x12%\n\x08\x66\x65\x61tures\x18\x01 \x01(\x0b\x32\x13.meshserve.v1.Frame\x12\x33\n\x08statuses\x18\x02 \x03(\x0b\x32!.meshserve.v1.FeatureStatusColumn\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x03 \x01(\t*\x8d\x01\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x41TURE_STATUS_PRESENT\x10\x01\x12\x1c\n\x18\x46\x45\x41TURE_STATUS_NOT_FOUND\x10\x02\x12\"\n\x1e\x46\x45\x41TURE_STATUS_OUTSIDE_MAX_AGE\x10\x03\x32v\n\x0e\x46\x65\x61tureService\x12\x64\n\x11GetOnlineFeatures\x12&.meshserve.v1.GetOnlineFeaturesRequest\x1a\'.meshserve.v1.GetOnlineFeaturesResponseB\x81\x01\n\x10\x63om.meshserve.v1B\rFeaturesProtoP\x01Z>github.com/meshserve/meshserve/gen/go/meshserve/v1;meshservev1\xaa\x02\x0cMeshserve.V1\xca\x02\x0cMeshserve\\V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshserve.v1.features_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\020com.meshserve.v1B\rFeaturesProtoP\001Z>github.com/meshserve/meshserve/gen/go/meshserve/v1;meshservev1\252\002\014Meshserve.V1\312\002\014Meshserve\\V1'
   _globals['_FEATURESTATUS']._serialized_start=395
   _globals['_FEATURESTATUS']._serialized_end=536
   _globals['_GETONLINEFEATURESREQUEST']._serialized_start=71

@@ -27,7 +27,14 @@ if _version_not_supported:
 
 
 class FeatureServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Online feature lookup through Feast (Redis or SQLite online store). An
+    internal service: the gateway calls it for PredictEntities; clients call
+    meshserve.v1.PredictionService instead. Served on port 50052 by default
+    (MESHSERVE_FEATURES_PORT). Like every meshserve RPC, each answer carries
+    the call's trace id in the trailing metadata `x-meshserve-trace-id`, and
+    past MESHSERVE_FEATURES_MAX_CONCURRENT_RPCS calls in progress (default
+    2048) a call is refused at once with RESOURCE_EXHAUSTED.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -43,10 +50,31 @@ class FeatureServiceStub:
 
 
 class FeatureServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Online feature lookup through Feast (Redis or SQLite online store). An
+    internal service: the gateway calls it for PredictEntities; clients call
+    meshserve.v1.PredictionService instead. Served on port 50052 by default
+    (MESHSERVE_FEATURES_PORT). Like every meshserve RPC, each answer carries
+    the call's trace id in the trailing metadata `x-meshserve-trace-id`, and
+    past MESHSERVE_FEATURES_MAX_CONCURRENT_RPCS calls in progress (default
+    2048) a call is refused at once with RESOURCE_EXHAUSTED.
+    """
 
     def GetOnlineFeatures(self, request, context):
-        """Reads the features of N entity rows in one online-store read.
+        """Reads the features of N entity rows in one online-store read. An entity
+        the store does not know is not an error: its values come back null with
+        FEATURE_STATUS_NOT_FOUND.
+
+        Errors:
+        - INVALID_ARGUMENT: no entity rows, or more than
+        MESHSERVE_FEATURES_MAX_ENTITIES (default 1000); a malformed frame; a
+        missing or unknown key column (the columns must be exactly the
+        FeatureService's join keys); a key column of the wrong type; a null
+        key; an Int32 join key outside the 32-bit range.
+        - NOT_FOUND: `feature_service` names a FeatureService the Feast registry
+        does not have (the message lists the ones it has).
+        - UNAVAILABLE: the service is still loading the Feast registry, or the
+        online store cannot be read (retry with backoff).
+        - RESOURCE_EXHAUSTED: too many calls in progress (see the service).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,7 +97,14 @@ def add_FeatureServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class FeatureService:
-    """Missing associated documentation comment in .proto file."""
+    """Online feature lookup through Feast (Redis or SQLite online store). An
+    internal service: the gateway calls it for PredictEntities; clients call
+    meshserve.v1.PredictionService instead. Served on port 50052 by default
+    (MESHSERVE_FEATURES_PORT). Like every meshserve RPC, each answer carries
+    the call's trace id in the trailing metadata `x-meshserve-trace-id`, and
+    past MESHSERVE_FEATURES_MAX_CONCURRENT_RPCS calls in progress (default
+    2048) a call is refused at once with RESOURCE_EXHAUSTED.
+    """
 
     @staticmethod
     def GetOnlineFeatures(request,

@@ -26,13 +26,14 @@ _sym_db = _symbol_database.Default()
 from meshserve.v1 import types_pb2 as meshserve_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeshserve/v1/prediction.proto\x12\x0cmeshserve.v1\x1a\x18meshserve/v1/types.proto\"=\n\x16PredictEntitiesRequest\x12#\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x11.meshserve.v1.Row\"1\n\x0ePredictRequest\x12\x1f\n\x04rows\x18\x01 \x03(\x0b\x32\x11.meshserve.v1.Row\"9\n\x08RowError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"Y\n\rRowPrediction\x12\x15\n\x0bprobability\x18\x01 \x01(\x01H\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.meshserve.v1.RowErrorH\x00\x42\x08\n\x06result\"\xa8\x01\n\x0fPredictResponse\x12\x30\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1b.meshserve.v1.RowPrediction\x12-\n\x05model\x18\x02 \x01(\x0b\x32\x1e.meshserve.v1.ArtifactIdentity\x12\x34\n\x0cpreprocessor\x18\x03 \x01(\x0b\x32\x1e.meshserve.v1.ArtifactIdentity2\xb3\x01\n\x11PredictionService\x12V\n\x0fPredictEntities\x12$.meshserve.v1.PredictEntitiesRequest\x1a\x1d.meshserve.v1.PredictResponse\x12\x46\n\x07Predict\x12\x1c.meshserve.v1.PredictRequest\x1a\x1d.meshserve.v1.PredictResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeshserve/v1/prediction.proto\x12\x0cmeshserve.v1\x1a\x18meshserve/v1/types.proto\"=\n\x16PredictEntitiesRequest\x12#\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x11.meshserve.v1.Row\"1\n\x0ePredictRequest\x12\x1f\n\x04rows\x18\x01 \x03(\x0b\x32\x11.meshserve.v1.Row\"9\n\x08RowError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"Y\n\rRowPrediction\x12\x15\n\x0bprobability\x18\x01 \x01(\x01H\x00\x12\'\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x16.meshserve.v1.RowErrorH\x00\x42\x08\n\x06result\"\xa8\x01\n\x0fPredictResponse\x12\x30\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1b.meshserve.v1.RowPrediction\x12-\n\x05model\x18\x02 \x01(\x0b\x32\x1e.meshserve.v1.ArtifactIdentity\x12\x34\n\x0cpreprocessor\x18\x03 \x01(\x0b\x32\x1e.meshserve.v1.ArtifactIdentity2\xb3\x01\n\x11PredictionService\x12V\n\x0fPredictEntities\x12$.meshserve.v1.PredictEntitiesRequest\x1a\x1d.meshserve.v1.PredictResponse\x12\x46\n\x07Predict\x12\x1c.meshserve.v1.PredictRequest\x1a\x1d.meshserve.v1.PredictResponseB\x83\x01\n\x10\x63om.meshserve.v1B\x0fPredictionProtoP\x01Z>github.com/meshserve/meshserve/gen/go/meshserve/v1;meshservev1\xaa\x02\x0cMeshserve.V1\xca\x02\x0cMeshserve\\V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshserve.v1.prediction_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\020com.meshserve.v1B\017PredictionProtoP\001Z>github.com/meshserve/meshserve/gen/go/meshserve/v1;meshservev1\252\002\014Meshserve.V1\312\002\014Meshserve\\V1'
   _globals['_PREDICTENTITIESREQUEST']._serialized_start=73
   _globals['_PREDICTENTITIESREQUEST']._serialized_end=134
   _globals['_PREDICTREQUEST']._serialized_start=136

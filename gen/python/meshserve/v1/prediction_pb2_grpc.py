@@ -27,7 +27,51 @@ if _version_not_supported:
 
 
 class PredictionServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """meshserve's public prediction API, served by the gateway on port 50051 by
+    default (MESHSERVE_GATEWAY_PORT). A call runs features (PredictEntities
+    only) -> preprocess -> model, under the caller's deadline capped at
+    MESHSERVE_GATEWAY_DEFAULT_TIMEOUT_S (default 5 s; that much when the
+    caller sets none). Predictions are reads: retrying is safe, and
+    UNAVAILABLE and RESOURCE_EXHAUSTED are worth retrying with backoff.
+
+    Every answer, OK or an error status, carries the call's trace id in the
+    trailing metadata `x-meshserve-trace-id` (32 lowercase hex digits, the
+    W3C trace id; it continues a `traceparent` the caller sent). It is there
+    even when the trace is not sampled, so a caller can report it and find
+    the call's log lines. Absent only from refusals gRPC makes before the
+    call is handled (max concurrent RPCs, oversized message), and, with
+    OTEL_SDK_DISABLED=true on the gateway, unless the caller sent a
+    `traceparent`.
+
+    Errors both RPCs may answer (an error from an internal hop keeps its
+    status and is prefixed with the hop's name, e.g. "preprocess: ..."):
+    - INVALID_ARGUMENT: a request body that does not parse; no rows, or more
+    than MESHSERVE_GATEWAY_MAX_BATCH_ROWS (default 1000); a row with no
+    values, an empty key, more than MESHSERVE_GATEWAY_MAX_ROW_VALUES values
+    (default 32), or another key set than the first row's; a Value with no
+    kind set; a key whose values mix kinds (int64 with double excepted);
+    rows whose values overflow float32 once preprocessed or overflow the
+    model's arithmetic to NaN or infinity (the rows are named).
+    - UNAVAILABLE: an internal service is still loading its artifacts or has
+    no ready replica, a dependency is down (the online store; the model
+    registry when the skew guard must check the alias for a newer version),
+    or the model release changed while a big batch was being scored.
+    - DEADLINE_EXCEEDED: the deadline passed before the pipeline finished.
+    - FAILED_PRECONDITION: the model's skew guard kept refusing the
+    preprocessor's tensor (the two services serving different releases)
+    for MESHSERVE_GATEWAY_SKEW_RETRY_S (default 15 s), during which the
+    gateway retried.
+    - RESOURCE_EXHAUSTED: back-pressure, refused at once before any work: the
+    gateway or an internal service already handles MAX_CONCURRENT_RPCS
+    calls (MESHSERVE_<SERVICE>_MAX_CONCURRENT_RPCS, default 2048), or the
+    model's batch queue holds MESHSERVE_MODEL_MAX_QUEUE_SIZE calls (default
+    1024); also a message over MESHSERVE_GATEWAY_MAX_MESSAGE_BYTES (default
+    16 MiB).
+    - UNAUTHENTICATED: MESHSERVE_GATEWAY_AUTH_MODE is api_key or jwt and the
+    call's credentials (`x-api-key` or `authorization: Bearer`) are missing
+    or invalid.
+    - INTERNAL: an unexpected server error (details in the server log).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -48,10 +92,68 @@ class PredictionServiceStub:
 
 
 class PredictionServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """meshserve's public prediction API, served by the gateway on port 50051 by
+    default (MESHSERVE_GATEWAY_PORT). A call runs features (PredictEntities
+    only) -> preprocess -> model, under the caller's deadline capped at
+    MESHSERVE_GATEWAY_DEFAULT_TIMEOUT_S (default 5 s; that much when the
+    caller sets none). Predictions are reads: retrying is safe, and
+    UNAVAILABLE and RESOURCE_EXHAUSTED are worth retrying with backoff.
+
+    Every answer, OK or an error status, carries the call's trace id in the
+    trailing metadata `x-meshserve-trace-id` (32 lowercase hex digits, the
+    W3C trace id; it continues a `traceparent` the caller sent). It is there
+    even when the trace is not sampled, so a caller can report it and find
+    the call's log lines. Absent only from refusals gRPC makes before the
+    call is handled (max concurrent RPCs, oversized message), and, with
+    OTEL_SDK_DISABLED=true on the gateway, unless the caller sent a
+    `traceparent`.
+
+    Errors both RPCs may answer (an error from an internal hop keeps its
+    status and is prefixed with the hop's name, e.g. "preprocess: ..."):
+    - INVALID_ARGUMENT: a request body that does not parse; no rows, or more
+    than MESHSERVE_GATEWAY_MAX_BATCH_ROWS (default 1000); a row with no
+    values, an empty key, more than MESHSERVE_GATEWAY_MAX_ROW_VALUES values
+    (default 32), or another key set than the first row's; a Value with no
+    kind set; a key whose values mix kinds (int64 with double excepted);
+    rows whose values overflow float32 once preprocessed or overflow the
+    model's arithmetic to NaN or infinity (the rows are named).
+    - UNAVAILABLE: an internal service is still loading its artifacts or has
+    no ready replica, a dependency is down (the online store; the model
+    registry when the skew guard must check the alias for a newer version),
+    or the model release changed while a big batch was being scored.
+    - DEADLINE_EXCEEDED: the deadline passed before the pipeline finished.
+    - FAILED_PRECONDITION: the model's skew guard kept refusing the
+    preprocessor's tensor (the two services serving different releases)
+    for MESHSERVE_GATEWAY_SKEW_RETRY_S (default 15 s), during which the
+    gateway retried.
+    - RESOURCE_EXHAUSTED: back-pressure, refused at once before any work: the
+    gateway or an internal service already handles MAX_CONCURRENT_RPCS
+    calls (MESHSERVE_<SERVICE>_MAX_CONCURRENT_RPCS, default 2048), or the
+    model's batch queue holds MESHSERVE_MODEL_MAX_QUEUE_SIZE calls (default
+    1024); also a message over MESHSERVE_GATEWAY_MAX_MESSAGE_BYTES (default
+    16 MiB).
+    - UNAUTHENTICATED: MESHSERVE_GATEWAY_AUTH_MODE is api_key or jwt and the
+    call's credentials (`x-api-key` or `authorization: Bearer`) are missing
+    or invalid.
+    - INTERNAL: an unexpected server error (details in the server log).
+    """
 
     def PredictEntities(self, request, context):
         """Looks up features for each entity row, then preprocesses and scores them.
+        An entity the online store has no features for gets a per-row NOT_FOUND
+        RowError and the other rows are still scored; features older than their
+        TTL are imputed, not an error.
+
+        Errors, beyond the service's:
+        - NOT_FOUND: a single-row request whose entity has no features in the
+        online store (in a batch of several rows it is a per-row RowError).
+        - INVALID_ARGUMENT: a null key; keys other than exactly the join keys of
+        the features service's default FeatureService (driver_id and
+        customer_id for the demo model); a key of the wrong type or, for an
+        Int32 join key, outside the 32-bit range; more entity rows than the
+        features service's MESHSERVE_FEATURES_MAX_ENTITIES (default 1000).
+
+        The response always has one RowPrediction per entity row.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -59,6 +161,15 @@ class PredictionServiceServicer:
 
     def Predict(self, request, context):
         """Scores raw feature rows, skipping the feature store.
+
+        Errors, beyond the service's:
+        - INVALID_ARGUMENT: keys other than exactly the preprocessor's input
+        columns (PreprocessService.GetPreprocessorInfo); a string or bool
+        value (feature values are int64 or double); NaN or infinity (send
+        null_value for a missing value). A preprocess error about one row names
+        it as "row N", N being its 0-based index in the request.
+
+        The response has one RowPrediction per row, every one a probability.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,7 +197,51 @@ def add_PredictionServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PredictionService:
-    """Missing associated documentation comment in .proto file."""
+    """meshserve's public prediction API, served by the gateway on port 50051 by
+    default (MESHSERVE_GATEWAY_PORT). A call runs features (PredictEntities
+    only) -> preprocess -> model, under the caller's deadline capped at
+    MESHSERVE_GATEWAY_DEFAULT_TIMEOUT_S (default 5 s; that much when the
+    caller sets none). Predictions are reads: retrying is safe, and
+    UNAVAILABLE and RESOURCE_EXHAUSTED are worth retrying with backoff.
+
+    Every answer, OK or an error status, carries the call's trace id in the
+    trailing metadata `x-meshserve-trace-id` (32 lowercase hex digits, the
+    W3C trace id; it continues a `traceparent` the caller sent). It is there
+    even when the trace is not sampled, so a caller can report it and find
+    the call's log lines. Absent only from refusals gRPC makes before the
+    call is handled (max concurrent RPCs, oversized message), and, with
+    OTEL_SDK_DISABLED=true on the gateway, unless the caller sent a
+    `traceparent`.
+
+    Errors both RPCs may answer (an error from an internal hop keeps its
+    status and is prefixed with the hop's name, e.g. "preprocess: ..."):
+    - INVALID_ARGUMENT: a request body that does not parse; no rows, or more
+    than MESHSERVE_GATEWAY_MAX_BATCH_ROWS (default 1000); a row with no
+    values, an empty key, more than MESHSERVE_GATEWAY_MAX_ROW_VALUES values
+    (default 32), or another key set than the first row's; a Value with no
+    kind set; a key whose values mix kinds (int64 with double excepted);
+    rows whose values overflow float32 once preprocessed or overflow the
+    model's arithmetic to NaN or infinity (the rows are named).
+    - UNAVAILABLE: an internal service is still loading its artifacts or has
+    no ready replica, a dependency is down (the online store; the model
+    registry when the skew guard must check the alias for a newer version),
+    or the model release changed while a big batch was being scored.
+    - DEADLINE_EXCEEDED: the deadline passed before the pipeline finished.
+    - FAILED_PRECONDITION: the model's skew guard kept refusing the
+    preprocessor's tensor (the two services serving different releases)
+    for MESHSERVE_GATEWAY_SKEW_RETRY_S (default 15 s), during which the
+    gateway retried.
+    - RESOURCE_EXHAUSTED: back-pressure, refused at once before any work: the
+    gateway or an internal service already handles MAX_CONCURRENT_RPCS
+    calls (MESHSERVE_<SERVICE>_MAX_CONCURRENT_RPCS, default 2048), or the
+    model's batch queue holds MESHSERVE_MODEL_MAX_QUEUE_SIZE calls (default
+    1024); also a message over MESHSERVE_GATEWAY_MAX_MESSAGE_BYTES (default
+    16 MiB).
+    - UNAUTHENTICATED: MESHSERVE_GATEWAY_AUTH_MODE is api_key or jwt and the
+    call's credentials (`x-api-key` or `authorization: Bearer`) are missing
+    or invalid.
+    - INTERNAL: an unexpected server error (details in the server log).
+    """
 
     @staticmethod
     def PredictEntities(request,

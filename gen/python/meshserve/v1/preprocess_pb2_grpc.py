@@ -27,7 +27,19 @@ if _version_not_supported:
 
 
 class PreprocessServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The scikit-learn preprocessor registered in MLflow as
+    MESHSERVE_PREPROCESS_MODEL_NAME (default "driver_ranking_preprocessor"),
+    served from alias MESHSERVE_PREPROCESS_ALIAS (default "production") and
+    switched to a new version when the alias moves (checked every
+    MESHSERVE_PREPROCESS_ALIAS_POLL_S, default 10 s); each call is answered
+    by one version. An internal service: the gateway calls it; clients call
+    meshserve.v1.PredictionService instead. Served on port 50053 by default
+    (MESHSERVE_PREPROCESS_PORT). Like every meshserve RPC, each answer
+    carries the call's trace id in the trailing metadata
+    `x-meshserve-trace-id`, and past MESHSERVE_PREPROCESS_MAX_CONCURRENT_RPCS
+    calls in progress (default 2048) a call is refused at once with
+    RESOURCE_EXHAUSTED.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -48,10 +60,32 @@ class PreprocessServiceStub:
 
 
 class PreprocessServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The scikit-learn preprocessor registered in MLflow as
+    MESHSERVE_PREPROCESS_MODEL_NAME (default "driver_ranking_preprocessor"),
+    served from alias MESHSERVE_PREPROCESS_ALIAS (default "production") and
+    switched to a new version when the alias moves (checked every
+    MESHSERVE_PREPROCESS_ALIAS_POLL_S, default 10 s); each call is answered
+    by one version. An internal service: the gateway calls it; clients call
+    meshserve.v1.PredictionService instead. Served on port 50053 by default
+    (MESHSERVE_PREPROCESS_PORT). Like every meshserve RPC, each answer
+    carries the call's trace id in the trailing metadata
+    `x-meshserve-trace-id`, and past MESHSERVE_PREPROCESS_MAX_CONCURRENT_RPCS
+    calls in progress (default 2048) a call is refused at once with
+    RESOURCE_EXHAUSTED.
+    """
 
     def Transform(self, request, context):
         """Turns raw feature rows into the model's float32 input tensor.
+
+        Errors:
+        - INVALID_ARGUMENT: no frame or 0 rows; more than
+        MESHSERVE_PREPROCESS_MAX_ROWS rows (default 4096); a malformed frame;
+        a column set other than exactly GetPreprocessorInfo.input_columns; a
+        column that is not double or int64; NaN or infinity in a non-null
+        value; values that overflow float32 once preprocessed. An error about
+        one row starts with "row N" (N counted from 0 in the frame sent).
+        - UNAVAILABLE: the preprocessor is still loading (retry shortly).
+        - RESOURCE_EXHAUSTED: too many calls in progress (see the service).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -59,6 +93,10 @@ class PreprocessServiceServicer:
 
     def GetPreprocessorInfo(self, request, context):
         """Describes the loaded preprocessor: its input columns and identity.
+
+        Errors:
+        - UNAVAILABLE: the preprocessor is still loading (retry shortly).
+        - RESOURCE_EXHAUSTED: too many calls in progress (see the service).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -86,7 +124,19 @@ def add_PreprocessServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PreprocessService:
-    """Missing associated documentation comment in .proto file."""
+    """The scikit-learn preprocessor registered in MLflow as
+    MESHSERVE_PREPROCESS_MODEL_NAME (default "driver_ranking_preprocessor"),
+    served from alias MESHSERVE_PREPROCESS_ALIAS (default "production") and
+    switched to a new version when the alias moves (checked every
+    MESHSERVE_PREPROCESS_ALIAS_POLL_S, default 10 s); each call is answered
+    by one version. An internal service: the gateway calls it; clients call
+    meshserve.v1.PredictionService instead. Served on port 50053 by default
+    (MESHSERVE_PREPROCESS_PORT). Like every meshserve RPC, each answer
+    carries the call's trace id in the trailing metadata
+    `x-meshserve-trace-id`, and past MESHSERVE_PREPROCESS_MAX_CONCURRENT_RPCS
+    calls in progress (default 2048) a call is refused at once with
+    RESOURCE_EXHAUSTED.
+    """
 
     @staticmethod
     def Transform(request,
