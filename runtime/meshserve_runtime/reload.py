@@ -24,7 +24,8 @@ class AliasWatcher:
     """Polls `name@alias` every `poll_s` seconds and awaits `switch(artifact)` when it moved.
 
     `served()` returns the version served now (None while nothing is loaded). A failed
-    switch is logged and retried at the next poll; the old version keeps serving.
+    switch is logged and retried at the next poll (not at every check_now meanwhile); the
+    old version keeps serving.
     `check_now()` lets a caller ask for a check at once (coalesced and rate limited),
     e.g. when a request shows the partner service already serves a newer release.
     """
@@ -52,6 +53,9 @@ class AliasWatcher:
         # The last check's registry error, raised again to callers within the rate limit:
         # "the registry failed" must not read as "the alias did not move".
         self._last_error: Exception | None = None
+        # A version whose switch failed, and until when it is not tried again: requests that
+        # ask for a check (check_now) must not re-download and re-verify it twice a second.
+        self._refused: tuple[str, float] | None = None
 
     def start(self) -> None:
         """Start polling (no-op when poll_s is 0 or already started)."""
@@ -86,6 +90,12 @@ class AliasWatcher:
             except Exception:  # never let a registry hiccup kill the watcher
                 log.exception("alias check failed", extra={"model": self.name, "alias": self.alias})
 
+    def _refuse(self, version: str) -> None:
+        # Until just before the next poll, which then tries it again (a fixed tag, a registry
+        # back up); without polling, a minute.
+        hold = 0.9 * self.poll_s if self.poll_s > 0 else 60.0
+        self._refused = (version, time.monotonic() + hold)
+
     async def _check(self) -> bool:
         self._last_check = time.monotonic()
         self._last_error = None
@@ -98,6 +108,8 @@ class AliasWatcher:
         served = self.served()
         if artifact.version == served:
             return False
+        if self._refused is not None and self._refused[0] == artifact.version and time.monotonic() < self._refused[1]:
+            return False  # refused lately: tried again at the next poll, not per request
         log.info("alias moved; loading the new version", extra={**artifact.labels(), "previous_version": served})
         start = time.perf_counter()
         try:
@@ -105,9 +117,11 @@ class AliasWatcher:
         except IntegrityError as err:
             # Expected refusal (tampered or unsigned artifact), not a bug: the reason, no traceback.
             log.error("reload refused; still serving the previous version: %s", err, extra=artifact.labels())
+            self._refuse(artifact.version)
             return False
         except Exception:
             log.exception("reload failed; still serving the previous version", extra=artifact.labels())
+            self._refuse(artifact.version)
             return False
         finally:
             self._last_check = time.monotonic()

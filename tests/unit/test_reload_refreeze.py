@@ -89,3 +89,25 @@ async def test_a_failed_alias_check_is_not_reported_as_no_move_within_the_rate_l
     await asyncio.sleep(0.25)
     assert await watcher.check_now() is False  # the registry answers again: no move, no error
     assert await watcher.check_now() is False and len(asked) == 2
+
+
+async def test_a_refused_version_is_not_reloaded_at_every_check_only_at_the_next_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests whose input needs a newer version call check_now often: a version whose load
+    just failed must not be fetched and loaded again for each of them."""
+    import meshserve_runtime.reload as reload
+
+    monkeypatch.setattr(reload, "resolve_alias", lambda *_: artifact("2"))
+    switches: list[str] = []
+
+    async def switch(a: Any) -> None:
+        switches.append(a.version)
+        raise RuntimeError("the new version does not load")
+
+    watcher = reload.AliasWatcher("sqlite://", "m", "production", poll_s=0.3, served=lambda: "1", switch=switch,
+                                  min_check_interval_s=0)
+    for _ in range(5):
+        assert await watcher.check_now() is False
+    assert switches == ["2"]  # refused once, then held back
+    await asyncio.sleep(0.3)  # the next poll's time: tried again
+    assert await watcher.check_now() is False
+    assert switches == ["2", "2"]
