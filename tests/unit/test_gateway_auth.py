@@ -233,6 +233,23 @@ def test_keys_file_is_reloaded_when_it_changes(keys_file: Path, caplog: pytest.L
     assert any("cannot reload" in r.getMessage() and str(keys_file) in r.getMessage() for r in caplog.records)
 
 
+def test_emptying_or_deleting_the_keys_file_revokes_every_key(keys_file: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Revoking the last (leaked) key must take effect: an emptied or deleted keys file
+    refuses every caller (fail closed) until keys come back, never keeps the old ones."""
+    a = ApiKeyAuthenticator(keys_file, reload_check_s=0)
+    assert a.authenticate([("x-api-key", KEY_A)]).id == "svc-a"
+    replace_file(keys_file, "# every key revoked\n")
+    refused(a, [("x-api-key", KEY_A)], contains="invalid API key")
+    replace_file(keys_file, f"svc-a:{hash_api_key(KEY_A)}\n")
+    assert a.authenticate([("x-api-key", KEY_A)]).id == "svc-a"
+    with caplog.at_level(logging.ERROR, logger="meshserve.gateway.auth"):
+        keys_file.unlink()
+        refused(a, [("x-api-key", KEY_A)], contains="invalid API key")
+    assert any("refusing every call" in r.getMessage() for r in caplog.records)
+    replace_file(keys_file, f"svc-b:{hash_api_key(KEY_B)}\n")  # back: read again
+    assert a.authenticate([("x-api-key", KEY_B)]).id == "svc-b"
+
+
 # ------------------------------------------------------------------ JWT
 
 

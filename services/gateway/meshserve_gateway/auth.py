@@ -119,9 +119,13 @@ class WatchedFile(Generic[T]):
     few microseconds, cheaper than a watcher thread.
     """
 
-    def __init__(self, path: Path, parse: Callable[[bytes], T], check_s: float = RELOAD_CHECK_S) -> None:
+    def __init__(self, path: Path, parse: Callable[[bytes], T], check_s: float = RELOAD_CHECK_S, *,
+                 reparse: Callable[[bytes], T] | None = None, missing: T | None = None) -> None:
+        """`reparse`: the parser of a changed file (default `parse`); `missing`: the value
+        while the file is gone after start-up (None: keep the last one loaded)."""
         self.path = path
-        self._parse = parse
+        self._parse = reparse or parse
+        self._missing = missing
         self._check_s = check_s
         try:
             self._signature: tuple[int, int, int] | None = self._stat()
@@ -148,7 +152,11 @@ class WatchedFile(Generic[T]):
             signature = self._stat()
         except OSError as err:
             if self._signature is not None:
-                log.error("cannot stat %s (%s); keeping the keys loaded before", self.path, err.strerror or err)
+                if self._missing is not None:
+                    self.value = self._missing
+                    log.error("cannot stat %s (%s); refusing every call until it is back", self.path, err.strerror or err)
+                else:
+                    log.error("cannot stat %s (%s); keeping the keys loaded before", self.path, err.strerror or err)
                 self._signature = None  # one line per change, not per check
             return
         if signature == self._signature:
@@ -197,10 +205,11 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def parse_api_keys(data: bytes) -> tuple[tuple[bytes, str], ...]:
+def parse_api_keys(data: bytes, *, allow_empty: bool = False) -> tuple[tuple[bytes, str], ...]:
     """`caller:sha256-hex` lines (# comments, blank lines ignored) -> (digest, caller) pairs.
 
-    Errors name the line number, never its content.
+    Errors name the line number, never its content. `allow_empty`: a file without a key
+    line is "no caller" (a reload that revokes the last key), not an error.
     """
     try:
         text = data.decode()
@@ -227,7 +236,7 @@ def parse_api_keys(data: bytes) -> tuple[tuple[bytes, str], ...]:
             raise AuthConfigError(f"line {number}: the same key digest as line {seen[digest]}")
         seen[digest] = number
         entries.append((digest, caller))
-    if not entries:
+    if not entries and not allow_empty:
         raise AuthConfigError("no `caller:sha256-hex` line: every call would be refused")
     return tuple(entries)
 
@@ -236,7 +245,10 @@ class ApiKeyAuthenticator:
     """Callers from a keys file of sha256 digests; every caller keeps its name as label."""
 
     def __init__(self, keys_file: Path, *, reload_check_s: float = RELOAD_CHECK_S) -> None:
-        self._keys = WatchedFile(keys_file, parse_api_keys, reload_check_s)
+        # At start-up a file without keys is a mistake (refuse to start); once running, emptying
+        # or deleting it revokes every key (fail closed), rather than keeping the old ones.
+        self._keys = WatchedFile(keys_file, parse_api_keys, reload_check_s,
+                                 reparse=lambda data: parse_api_keys(data, allow_empty=True), missing=())
 
     def authenticate(self, metadata: Metadata | None) -> Caller:
         keys = _values(metadata, API_KEY_METADATA)
