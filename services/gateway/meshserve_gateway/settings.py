@@ -39,7 +39,7 @@ class GatewaySettings(ServerSettings):
     max_row_values: int = Field(default=32, ge=1)
     """Most values (keys) one row may carry; raise it for a model with more input columns. Bounds a call's work at max_batch_rows x this many cells (a 3 MB row of 100,000 keys took seconds)."""
     default_timeout_s: float = Field(default=5.0, gt=0)
-    """Deadline for the whole pipeline when the caller sets none (a caller's shorter deadline wins)."""
+    """Deadline for the whole pipeline: the caller's own when shorter, else this. It is also the cap on a longer caller deadline (a server-side bound on what one call may hold); raise it for callers that need longer."""
     retry_attempts: int = Field(default=3, ge=1, le=5)
     """Attempts per internal call on UNAVAILABLE (gRPC service-config retries, throttled)."""
     chunk_rows: int = Field(default=256, ge=0)
