@@ -2,10 +2,10 @@
 
   meshserve predict --driver 1001 --customer 2001 [--driver 1002 --customer 2002 ...]
   meshserve predict-rows --row conv_rate=0.5,acc_rate=0.9,avg_daily_trips=10,current_balance=0.3,avg_passenger_count=1.2,lifetime_trip_count=100
-  meshserve health
+  meshserve health [--port-offset N] [--target SVC=HOST:PORT ...]
   meshserve dev-certs DIR             (a throw-away CA and certificate to try TLS locally)
   meshserve api-key --caller NAME     (a new API key and its line for the gateway's keys file)
-  meshserve up [--train-if-empty]     (the whole stack locally; same as `make run`)
+  meshserve up [--train-if-empty] [--port-offset N]  (the whole stack locally; same as `make run`)
 
 TLS: give --tls-ca (and --tls-cert/--tls-key for mutual TLS), or --tls-dir DIR holding
 ca.crt, tls.crt, tls.key (what `meshserve dev-certs` writes and `meshserve up --tls-dir` serves).
@@ -26,7 +26,7 @@ from google.protobuf.json_format import MessageToJson
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from meshserve.v1 import prediction_pb2, prediction_pb2_grpc, types_pb2
 
-from meshserve_local.stack import DEFAULT_PORTS, HEALTH_NAMES
+from meshserve_local.stack import DEFAULT_PORTS, HEALTH_NAMES, PORT_OFFSET_ENV, StackConfig, StackError
 
 
 def _value(text: str) -> types_pb2.Value:
@@ -150,10 +150,29 @@ def cmd_predict_rows(args: argparse.Namespace) -> int:
     return 0
 
 
+def health_targets(args: argparse.Namespace) -> dict[str, str]:
+    """Where each service is: found as `meshserve up` places them (MESHSERVE_<SVC>_PORT/_HOST,
+    --port-offset), then --host and --target. SystemExit(2) names a bad value."""
+    from meshserve_runtime.settings import meshserve_home
+
+    try:
+        config = StackConfig.from_env(meshserve_home(), port_offset=args.port_offset)
+    except StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    targets = {s: f"{args.host}:{config.ports[s]}" if args.host else config.target(s) for s in DEFAULT_PORTS}
+    for item in args.target:
+        service, _, address = item.partition("=")
+        if service not in targets or not re.fullmatch(r"\S+:\d+", address):
+            print(f"--target {item!r}: expected SVC=HOST:PORT with SVC one of {', '.join(targets)}", file=sys.stderr)
+            raise SystemExit(2)
+        targets[service] = address
+    return targets
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     worst = 0
-    for service, port in DEFAULT_PORTS.items():
-        target = f"{args.host}:{port}"
+    for service, target in health_targets(args).items():
         with _channel(args, target) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -203,7 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_predict_rows)
 
     p = sub.add_parser("health", help="health of the four local services")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default=None, help="host of all four (default: MESHSERVE_<SVC>_HOST, else 127.0.0.1)")
+    p.add_argument(
+        "--port-offset", type=int, metavar="N", default=os.environ.get(PORT_OFFSET_ENV, "0"),
+        help=f"the stack runs on the default ports plus N, as `meshserve up --port-offset N` (default: ${PORT_OFFSET_ENV} or 0); "
+        "MESHSERVE_<SVC>_PORT, where set, wins",
+    )
+    p.add_argument("--target", action="append", default=[], metavar="SVC=HOST:PORT",
+                   help="address of one service, e.g. gateway=127.0.0.1:60051 (repeatable; wins over the others)")
     p.add_argument("--timeout", type=float, default=2.0)
     _add_tls_args(p)
     p.set_defaults(func=cmd_health)

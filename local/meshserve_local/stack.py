@@ -7,14 +7,17 @@ Used by `make run` and by the end-to-end tests, so both exercise the same start-
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,6 +33,10 @@ HEALTH_NAMES = {
 }
 DEFAULT_PORTS = {"gateway": 50051, "features": 50052, "preprocess": 50053, "model": 50054}
 DEFAULT_METRICS_PORTS = {"gateway": 9101, "features": 9102, "preprocess": 9103, "model": 9104}
+#: Default of `meshserve up --port-offset` (and `meshserve health --port-offset`), so `make run` can take it too.
+PORT_OFFSET_ENV = "MESHSERVE_LOCAL_PORT_OFFSET"
+#: Bind-all addresses: a service bound there is called on loopback.
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 
 
 def free_ports(n: int) -> list[int]:
@@ -95,9 +102,53 @@ class StackConfig:
     tls: StackTLS | None = None
     #: Plaintext grpc.health.v1-only port per service (settings.health_port); missing: none.
     health_ports: dict[str, int] = field(default_factory=dict)
+    #: Bind address per service, where it differs from `host`.
+    hosts: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(
+        cls, home: Path, environ: Mapping[str, str] | None = None, *, port_offset: int = 0, **overrides: Any
+    ) -> StackConfig:
+        """The config `make run` / `meshserve up` start (and `meshserve health` checks).
+
+        Each service's MESHSERVE_<SVC>_PORT, _METRICS_PORT, _HEALTH_PORT, _HOST and _LOG_JSON
+        come from the environment where set; unset ports are the defaults plus port_offset.
+        A StackConfig built directly (the tests) ignores these variables: its values win.
+        StackError names a variable or offset that cannot work.
+        """
+        env = os.environ if environ is None else environ
+        for service in HEALTH_NAMES:
+            if not (0 < DEFAULT_PORTS[service] + port_offset <= 65535 and 0 < DEFAULT_METRICS_PORTS[service] + port_offset <= 65535):
+                raise StackError(f"port offset {port_offset}: the default ports (50051-50054, 9101-9104) plus it must stay within 1-65535")
+        ports, metrics_ports, health_ports, hosts = {}, {}, {}, {}
+        extra_env: dict[str, dict[str, str]] = {}
+        for service in HEALTH_NAMES:
+            prefix = f"MESHSERVE_{service.upper()}_"
+            # gRPC port 0 would bind a random port the stack could not call.
+            ports[service] = _env_port(env, prefix + "PORT", DEFAULT_PORTS[service] + port_offset, lowest=1)
+            metrics_ports[service] = _env_port(env, prefix + "METRICS_PORT", DEFAULT_METRICS_PORTS[service] + port_offset, lowest=0)
+            if env.get(prefix + "HEALTH_PORT", "").strip():
+                health_ports[service] = _env_port(env, prefix + "HEALTH_PORT", 0, lowest=0)
+            if env.get(prefix + "HOST", "").strip():
+                hosts[service] = env[prefix + "HOST"].strip()
+            if env.get(prefix + "LOG_JSON", "").strip():
+                # Passed through as given: the service parses (and, if bad, names) it itself.
+                extra_env[service] = {prefix + "LOG_JSON": env[prefix + "LOG_JSON"]}
+        values: dict[str, Any] = {"ports": ports, "metrics_ports": metrics_ports, "health_ports": health_ports,
+                                  "hosts": hosts, "extra_env": extra_env}
+        return cls(home=home, **{**values, **overrides})
+
+    def host_of(self, service: str) -> str:
+        """The address a service binds to."""
+        return self.hosts.get(service, self.host)
 
     def target(self, service: str) -> str:
-        return f"{self.host}:{self.ports[service]}"
+        host = self.host_of(service)
+        if host in _WILDCARD_HOSTS:
+            host = "127.0.0.1"
+        elif ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 literal
+        return f"{host}:{self.ports[service]}"
 
     def channel(self, service: str, **options: object) -> grpc.Channel:
         """A blocking channel to a service, over TLS when the stack has it."""
@@ -109,6 +160,16 @@ class StackConfig:
 
 class StackError(RuntimeError):
     pass
+
+
+def _env_port(env: Mapping[str, str], name: str, default: int, *, lowest: int) -> int:
+    """The port in env[name] (default when unset or empty); StackError naming a bad value."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or not lowest <= int(text) <= 65535:
+        raise StackError(f"{name}={text!r}: expected a port number from {lowest} to 65535")
+    return int(text)
 
 
 class Stack:
@@ -126,7 +187,7 @@ class Stack:
         env.update(
             {
                 "MESHSERVE_HOME": str(c.home),
-                prefix + "HOST": c.host,
+                prefix + "HOST": c.host_of(service),
                 prefix + "PORT": str(c.ports[service]),
                 prefix + "METRICS_PORT": str(c.metrics_ports[service]),
                 prefix + "LOG_JSON": "true" if c.log_json else "false",
@@ -148,7 +209,11 @@ class Stack:
 
     def start(self) -> None:
         self.check_ports_free()
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise StackError(f"cannot create the log directory {self.log_dir} ({err.strerror or err}); "
+                             "set MESHSERVE_HOME to a writable directory") from None
         for service in HEALTH_NAMES:
             self.start_service(service)
 
@@ -159,23 +224,26 @@ class Stack:
         readiness check may already have been answered by whatever holds its port.
         """
         c = self.config
-        wanted = [(f"{s} gRPC", c.ports.get(s, 0)) for s in HEALTH_NAMES]
-        wanted += [(f"{s} metrics", c.metrics_ports.get(s, 0)) for s in HEALTH_NAMES]
-        wanted += [(f"{s} health", c.health_ports.get(s, 0)) for s in HEALTH_NAMES]
+        wanted = [(s, "gRPC", c.ports.get(s, 0)) for s in HEALTH_NAMES]
+        wanted += [(s, "metrics", c.metrics_ports.get(s, 0)) for s in HEALTH_NAMES]
+        wanted += [(s, "health", c.health_ports.get(s, 0)) for s in HEALTH_NAMES]
         taken = []
-        for what, port in wanted:
+        for service, what, port in wanted:
             if not port:
                 continue
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            host = c.host_of(service).strip("[]")
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
                 try:
-                    probe.bind((c.host, port))
+                    probe.bind((host, port))
                 except OSError:
-                    taken.append(f"{what} {c.host}:{port}")
+                    taken.append(f"{service} {what} {c.host_of(service)}:{port}")
         if taken:
             raise StackError(
                 f"port(s) already in use: {', '.join(taken)}; stop what holds them (another `make run`?) "
-                "or choose other ports"
+                f"or choose other ports: `meshserve up --port-offset N` ({PORT_OFFSET_ENV}=N for `make run`), "
+                "or MESHSERVE_<SVC>_PORT / MESHSERVE_<SVC>_METRICS_PORT"
             )
 
     def start_service(self, service: str) -> None:
@@ -286,12 +354,38 @@ meshserve is up{tls_note}:
   logs        {logs}
 
 Try it:
-  {venv}meshserve predict {predict_tls}--driver 1001 --customer 2001
+  {venv}meshserve predict {predict_args}--driver 1001 --customer 2001
   grpcurl {grpcurl_tls} -d '{{"entities":[{{"values":{{"driver_id":{{"int64Value":"1001"}},"customer_id":{{"int64Value":"2001"}}}}}}]}}' \\
       {gateway} meshserve.v1.PredictionService/PredictEntities
 
 Ctrl-C stops all four.
 """
+
+
+def training_command(online_store: str, redis_url: str) -> list[str]:
+    """The process that trains and registers the demo model when the registry is empty."""
+    cmd = [sys.executable, "-m", "meshserve_training", "train", "--if-empty"]
+    if online_store == "redis":
+        cmd += ["--online-store", "redis", "--redis-url", redis_url]
+    return cmd
+
+
+def run_training(cmd: list[str], env: Mapping[str, str]) -> tuple[int, str]:
+    """Run the training process with its output shown as it comes; its exit code and the
+    last line it wrote to stderr (its one-line reason when it fails)."""
+    proc = subprocess.Popen(cmd, env=dict(env), stderr=subprocess.PIPE)
+    stream = proc.stderr
+    assert stream is not None
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    tail = ""
+    for chunk in iter(lambda: os.read(stream.fileno(), 8192), b""):  # what is there, as it comes
+        text = decoder.decode(chunk)
+        sys.stderr.write(text)
+        sys.stderr.flush()
+        tail = (tail + text)[-4096:]
+    code = proc.wait()
+    lines = [ln.rsplit("\r", 1)[-1].strip() for ln in tail.splitlines()]  # \r: progress bars redraw a line
+    return code, next((ln for ln in reversed(lines) if ln), "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         help="mutual TLS on every hop with DIR/ca.crt, DIR/tls.crt, DIR/tls.key (e.g. from `meshserve dev-certs DIR`)",
     )
     parser.add_argument("--tls-server-only", action="store_true", help="with --tls-dir: TLS without client certificates")
+    parser.add_argument(
+        "--port-offset", type=int, metavar="N", default=os.environ.get(PORT_OFFSET_ENV, "0"),
+        help=f"add N to every default port (gRPC 50051-50054, metrics 9101-9104), e.g. for a second stack (default: ${PORT_OFFSET_ENV} or 0); "
+        "MESHSERVE_<SVC>_PORT, _METRICS_PORT, _HEALTH_PORT, _HOST and _LOG_JSON, where set, are used as given",
+    )
     args = parser.parse_args(argv)
     tls = StackTLS.from_dir(args.tls_dir, mutual=not args.tls_server_only) if args.tls_dir else None
     if tls is not None:
@@ -315,14 +414,23 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     home = meshserve_home()
+    try:  # before training: a bad port variable should not cost a training run
+        config = StackConfig.from_env(home, port_offset=args.port_offset, online_store=args.online_store,
+                                      redis_url=args.redis_url, tls=tls)
+    except StackError as err:
+        print(f"meshserve up: {err}", file=sys.stderr)
+        return 2
     if args.train_if_empty:
-        cmd = [sys.executable, "-m", "meshserve_training", "train", "--if-empty"]
-        if args.online_store == "redis":
-            cmd += ["--online-store", "redis", "--redis-url", args.redis_url]
         print(f"checking the registry in {home} (training the demo model if it is empty)...", flush=True)
-        subprocess.run(cmd, check=True, env={**os.environ, "MESHSERVE_HOME": str(home)})
+        try:
+            code, reason = run_training(training_command(args.online_store, args.redis_url), {**os.environ, "MESHSERVE_HOME": str(home)})
+        except KeyboardInterrupt:
+            return 130
+        if code != 0:
+            # 2 is the training's "fix this setting" exit; anything else is a failure.
+            print(f"meshserve up: training the demo model failed (exit {code}): {reason}", file=sys.stderr)
+            return 2 if code == 2 else 1
 
-    config = StackConfig(home=home, online_store=args.online_store, redis_url=args.redis_url, tls=tls)
     stack = Stack(config)
     stop = False
 
@@ -333,18 +441,25 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     print("starting gateway, features, preprocess and model...", flush=True)
-    stack.start()
+    try:
+        stack.start()
+    except StackError as err:  # nothing is running yet (or, past the port check, is stopped here)
+        stack.stop()
+        print(f"meshserve up: {err}", file=sys.stderr)
+        return 1
     try:
         stack.wait_ready()
         venv = str(Path(sys.executable).parent) + "/"
         if tls is None:
-            tls_note, predict_tls, grpcurl_tls = "", "", "-plaintext"
+            tls_note, predict_args, grpcurl_tls = "", "", "-plaintext"
         else:
-            tls_note, predict_tls = ", TLS on every hop", f"--tls-dir {args.tls_dir} "
+            tls_note, predict_args = ", TLS on every hop", f"--tls-dir {args.tls_dir} "
             grpcurl_tls = f"-cacert {tls.ca}" + (f" -cert {tls.cert} -key {tls.key}" if tls.mutual else "")
+        if config.target("gateway") != f"127.0.0.1:{DEFAULT_PORTS['gateway']}":  # predict's default
+            predict_args = f"--target {config.target('gateway')} " + predict_args
         print(
             EXAMPLE.format(**{s: config.target(s) for s in DEFAULT_PORTS}, logs=stack.log_dir, venv=venv,
-                           tls_note=tls_note, predict_tls=predict_tls, grpcurl_tls=grpcurl_tls),
+                           tls_note=tls_note, predict_args=predict_args, grpcurl_tls=grpcurl_tls),
             flush=True,
         )
         while not stop:

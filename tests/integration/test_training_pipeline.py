@@ -116,3 +116,48 @@ def test_data_generation_is_reproducible(tmp_path: Path, seed: int) -> None:
         pd.testing.assert_frame_equal(pd.read_parquet(pa), pd.read_parquet(pb))
     drivers = pd.read_parquet(a.driver_stats)
     assert drivers["event_timestamp"].max() == pd.Timestamp(anchor)  # freshest row at the current hour
+
+
+def test_training_refuses_a_dead_redis_at_once_in_one_line(tmp_path: Path) -> None:
+    """Before the fix this trained, registered and moved @production, then died materializing."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MESHSERVE_FEATURES_", "MESHSERVE_TRAINING_"))}
+    env["MESHSERVE_HOME"] = str(tmp_path / "home")
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshserve_training", "train", "--online-store", "redis", "--redis-url", "127.0.0.1:1"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cannot train:") and "MESHSERVE_FEATURES_REDIS_URL" in lines[0], lines
+    assert not (tmp_path / "home" / "mlflow.db").exists()  # nothing trained or registered
+
+
+def test_the_alias_moves_only_after_materialization(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A materialization that fails leaves the new pair registered but not aliased, so the
+    services never load a @production pair whose features are not online."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from meshserve_training import train as train_module
+    from meshserve_training.registry import alias_version
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("online store went away")
+
+    settings = training_settings(tmp_path, epochs=1, order_count=300, data_days=2)
+    monkeypatch.setattr(train_module.ops, "materialize", fail)
+    before = mlflow.get_tracking_uri()
+    try:
+        with pytest.raises(RuntimeError, match="went away"):
+            train_module.train(settings, feast_settings(tmp_path))
+    finally:
+        mlflow.set_tracking_uri(before)  # other tests resolve models:/ through the global URI
+    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    assert [str(v.version) for v in client.search_model_versions("name='driver_ranking'")] == ["1"]  # registered...
+    assert alias_version(settings, "driver_ranking", "production") is None  # ...but not aliased
+    assert alias_version(settings, "driver_ranking_preprocessor", "production") is None

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("feast").setLevel(logging.WARNING)  # it logs every registry refresh at INFO
     # Imported after parsing so --help is instant (feast and torch take seconds).
     from meshserve_feature_repo.config import FeastSettings
+    from meshserve_training.preflight import PreflightError
     from meshserve_training.settings import TrainingSettings
     from meshserve_training.train import train
 
@@ -42,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.materialize_redis:
         extra.append(FeastSettings(online_store="redis", redis_url=args.materialize_redis))
     start = time.perf_counter()
-    result = train(settings, feast, extra_stores=extra, if_empty=args.if_empty)
+    try:
+        result = train(settings, feast, extra_stores=extra, if_empty=args.if_empty)
+    except PreflightError as err:
+        # A setting to fix, not a crash: one line (the stack launcher repeats it) and exit 2.
+        print(f"cannot train: {err}", file=sys.stderr)
+        return 2
     summary = {
         "trained": result.pair is not None,
         "pair": dataclasses.asdict(result.pair) if result.pair is not None else None,

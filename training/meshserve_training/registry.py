@@ -102,8 +102,10 @@ def log_and_register(
     *,
     n_out: int,
     input_example: np.ndarray,
+    move_alias: bool = True,
 ) -> RegisteredPair:
-    """Inside the active run: log both artifacts, register both, tag them as partners, set the alias."""
+    """Inside the active run: log both artifacts, register both, tag them as partners, and
+    (move_alias) point the alias at them; else the caller does so later with set_pair_alias()."""
     import mlflow
     import mlflow.pytorch
     import mlflow.sklearn
@@ -160,14 +162,25 @@ def log_and_register(
         client.set_model_version_tag(name, ver, RUN_ID_TAG, run_id)
         client.set_model_version_tag(name, ver, PARTNER_NAME_TAG, partner)
         client.set_model_version_tag(name, ver, PARTNER_VERSION_TAG, partner_ver)
-    # The model's alias moves last: a reader that resolves both aliases between the two
-    # calls sees the new preprocessor with the old model, and the skew guard refuses that
-    # pair until the second alias lands, rather than serving a mismatch.
-    client.set_registered_model_alias(pair.preprocessor_name, settings.alias, pair.preprocessor_version)
-    client.set_registered_model_alias(pair.model_name, settings.alias, pair.model_version)
     log.info(
         "registered",
         extra={"run_id": run_id, "preprocessor": f"{pair.preprocessor_name}/{pair.preprocessor_version}",
-               "model": f"{pair.model_name}/{pair.model_version}", "alias": settings.alias},
+               "model": f"{pair.model_name}/{pair.model_version}"},
     )
+    if move_alias:
+        set_pair_alias(settings, pair)
     return pair
+
+
+def set_pair_alias(settings: TrainingSettings, pair: RegisteredPair) -> None:
+    """Point pair.alias at both versions of a registered pair."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
+    # The model's alias moves last: a reader that resolves both aliases between the two
+    # calls sees the new preprocessor with the old model, and the skew guard refuses that
+    # pair until the second alias lands, rather than serving a mismatch.
+    client.set_registered_model_alias(pair.preprocessor_name, pair.alias, pair.preprocessor_version)
+    client.set_registered_model_alias(pair.model_name, pair.alias, pair.model_version)
+    log.info("alias moved", extra={"alias": pair.alias, "preprocessor": f"{pair.preprocessor_name}/{pair.preprocessor_version}",
+                                   "model": f"{pair.model_name}/{pair.model_version}"})

@@ -24,6 +24,7 @@ from meshserve_feature_repo.definitions import (
 from meshserve_training import registry
 from meshserve_training.dataset import TrainingSet, build_training_set
 from meshserve_training.model import fit
+from meshserve_training.preflight import preflight
 from meshserve_training.preprocessor import build_preprocessor
 from meshserve_training.settings import TrainingSettings
 
@@ -120,8 +121,9 @@ def train(
     extra_stores: Sequence[FeastSettings] = (),
     if_empty: bool = False,
 ) -> TrainResult:
-    """Train, register both artifacts from one run under settings.alias, materialize features.
+    """Train, register both artifacts from one run, materialize features, then move settings.alias.
 
+    Raises preflight.PreflightError, before any work, when a store or directory is unusable.
     extra_stores: further online stores (same registry) to materialize into, e.g. Redis
     next to SQLite for tests. if_empty: when both aliases already resolve to signed
     versions, train nothing and only refresh the online store(s) if their values are
@@ -129,6 +131,7 @@ def train(
     """
     settings = settings or TrainingSettings()
     feast = feast or FeastSettings()
+    preflight(settings, feast, extra_stores)
     timer = _Timer()
     registry.use_tracking(settings)
 
@@ -183,14 +186,16 @@ def train(
         )
         timer.lap("fit")
         # Batch > 1 so torch.export keeps the batch dimension dynamic.
-        pair = registry.log_and_register(settings, pre, result.model, n_out=xt.shape[1], input_example=xt[:4])
+        pair = registry.log_and_register(settings, pre, result.model, n_out=xt.shape[1], input_example=xt[:4], move_alias=False)
         timer.lap("mlflow_log_register")
     log.info("run %s done: %s", run.info.run_id, result.final)
 
-    # Latest values into the online store(s), after the pair is registered.
+    # Latest values into the online store(s), then the alias: the services must never load
+    # an aliased pair whose features are not online (a failure here leaves the old alias).
     done = []
     for s in (feast, *extra_stores):
         ops.materialize(s, end=datetime.now(UTC))
         done.append(s.describe_online_store())
     timer.lap("materialize")
+    registry.set_pair_alias(settings, pair)
     return TrainResult(pair, metrics=dict(result.final), seconds=timer.seconds, materialized=done)
