@@ -43,7 +43,7 @@ def _loaded() -> LoadedModel:
 
 def _servicer() -> InferenceServicer:
     servicer = InferenceServicer(MODEL_NAME, MAX_BATCH_ROWS)
-    servicer.install(_loaded(), overlap_s=0.0)
+    servicer.install(_loaded())
     return servicer
 
 

@@ -65,7 +65,8 @@ METHODS = (
             preprocess_pb2.TransformRequest, preprocess_pb2.TransformResponse),
         lambda fdp: preprocess_pb2.TransformRequest(frame=hostile_frame(fdp, MODEL_FEATURES, "double_values", MAX_ROWS)),
         _check_response,
-        frozenset({grpc.StatusCode.INVALID_ARGUMENT}),
+        # FAILED_PRECONDITION: a run_id that is neither the current nor the previous version's.
+        frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}),
     ),
 )
 
@@ -88,10 +89,18 @@ _string_column = frame([_ROW])
 _string_column.frame.columns[0].ClearField("double_values")
 _string_column.frame.columns[0].string_values.values.append("0.5")
 
+
+def _pinned(run_id: str) -> preprocess_pb2.TransformRequest:
+    request = frame([_ROW])
+    request.run_id = run_id
+    return request
+
+
 SEEDS = (
     ("one-row", wire_input(0, frame([_ROW]))),
     ("nulls", wire_input(0, frame([_ROW, [None, 0.1, None, 0.2, None, 3.0]]))),
     ("int64-column", wire_input(0, _int_column)),
+    ("pinned-current-run", wire_input(0, _pinned(ARTIFACT.run_id))),
 )
 
 KNOWN_BAD = (
@@ -102,6 +111,7 @@ KNOWN_BAD = (
     ("beyond-float32", wire_input(0, frame([_ROW, [1e308, *_ROW[1:]]])), grpc.StatusCode.INVALID_ARGUMENT, "row 1"),
     ("string-column", wire_input(0, _string_column), grpc.StatusCode.INVALID_ARGUMENT, "must be double or int64"),
     ("truncated", wire_input(0, frame([_ROW]))[:-5], grpc.StatusCode.INVALID_ARGUMENT, "not a valid meshserve.v1.TransformRequest"),
+    ("unknown-run", wire_input(0, _pinned("other-run")), grpc.StatusCode.FAILED_PRECONDITION, "other-run"),
 )
 
 HARNESS = Harness(METHODS, SEEDS)

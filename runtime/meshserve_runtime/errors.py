@@ -10,15 +10,25 @@ import grpc
 
 
 class ServiceError(Exception):
-    """An error with a gRPC status code and a message a caller can act on."""
+    """An error with a gRPC status code and a message a caller can act on.
+
+    `trailing_metadata`: (key, value) pairs sent with the status, for what a calling
+    service must read without parsing the message (e.g. the model's skew guard names
+    the run it serves, see protocol.MODEL_RUN_ID_METADATA_KEY).
+    """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    trailing_metadata: tuple[tuple[str, str], ...] = ()
 
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self, message: str, code: grpc.StatusCode | None = None, *, trailing_metadata: tuple[tuple[str, str], ...] = ()
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if trailing_metadata:
+            self.trailing_metadata = trailing_metadata
 
 
 class InvalidArgument(ServiceError):

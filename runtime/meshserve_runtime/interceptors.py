@@ -7,7 +7,8 @@ log (never in the message).
 Tracing: the W3C context in the call's metadata (traceparent) becomes the parent of a
 SERVER span per RPC, made current while the handler runs, so `span()` stages, client
 calls (channels.py) and log lines join it. Every response carries the trace id in the
-trailing metadata `x-meshserve-trace-id`, so a caller can report it. Health checks get
+trailing metadata `x-meshserve-trace-id`, so a caller can report it (a ServiceError's own
+trailing_metadata is sent beside it). Health checks get
 metrics but no span (probes every few seconds would only be noise).
 """
 
@@ -100,6 +101,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 inner_call = inner
             rpc_span: trace.Span | None = None
             token = None
+            trailing: tuple[tuple[str, str], ...] = ()
             if traced:
                 rpc_span = start_server_span(span_name, context.invocation_metadata(), span_attributes)
                 token = otel_context.attach(trace.set_span_in_context(rpc_span))
@@ -107,11 +109,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 if span_context.is_valid:
                     # Trailing metadata rides on the status frame: no extra write, and it
                     # reaches the caller on errors too.
-                    context.set_trailing_metadata(((TRACE_ID_METADATA_KEY, trace.format_trace_id(span_context.trace_id)),))
+                    trailing = ((TRACE_ID_METADATA_KEY, trace.format_trace_id(span_context.trace_id)),)
+                    context.set_trailing_metadata(trailing)
             try:
                 return await inner_call(request, context)
             except ServiceError as err:
                 code = err.code
+                if err.trailing_metadata:
+                    # set_trailing_metadata replaces: keep the trace id beside the error's own.
+                    context.set_trailing_metadata(trailing + err.trailing_metadata)
                 await context.abort(err.code, bounded_message(err.message))
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN

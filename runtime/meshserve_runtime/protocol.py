@@ -21,3 +21,10 @@ MODEL_ALIAS_PARAMETER = "meshserve.model_alias"
 #: Start of the model's FAILED_PRECONDITION message when the skew guard refuses a tensor;
 #: the gateway retries those (a hot reload in progress), not other FAILED_PRECONDITIONs.
 SKEW_GUARD_MESSAGE_PREFIX = "skew guard:"
+
+#: Trailing metadata of the skew guard's refusal, once per model version held: the run id
+#: of the current version, then of the previous one (if any). The gateway asks preprocess
+#: for one of those runs' preprocessors next (TransformRequest.run_id), so a release both
+#: services still hold answers even when one side's new version was refused (a one-sided
+#: reload failure).
+MODEL_RUN_ID_METADATA_KEY = "x-meshserve-model-run-id"

@@ -9,7 +9,7 @@ import torch
 from meshserve.inference.v2 import open_inference_pb2 as v2
 
 from meshserve_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from meshserve_runtime.protocol import MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_ID_PARAMETER
+from meshserve_runtime.protocol import MODEL_RUN_ID_METADATA_KEY, MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_ID_PARAMETER
 from meshserve_runtime.registry import ResolvedArtifact
 
 from meshserve_model.model import LoadedModel
@@ -125,7 +125,7 @@ def _other_version(version: str, run_id: str) -> LoadedModel:
 
 async def test_reload_overlap_serves_each_input_with_its_own_release(servicer: InferenceServicer) -> None:
     old = servicer.current
-    assert servicer.install(_other_version("4", "run-b"), overlap_s=60) is old
+    assert servicer.install(_other_version("4", "run-b")) is old
     meta = await servicer.ModelMetadata(v2.ModelMetadataRequest(name="m"), None)
     assert list(meta.versions) == ["4"]
     for run_id, version in (("run-a", "3"), ("run-b", "4")):
@@ -133,16 +133,61 @@ async def test_reload_overlap_serves_each_input_with_its_own_release(servicer: I
         req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = run_id
         reply = await servicer.ModelInfer(req, None)
         assert reply.model_version == version and reply.parameters[MODEL_RUN_ID_PARAMETER].string_param == run_id
-    servicer.previous_until = 0  # overlap over: the old release's inputs are refused
+    servicer.previous = None  # retired (the service's job): the old release's inputs are refused
     req = _request(np.zeros((1, N_FEATURES), np.float32))
     req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-a"
-    with pytest.raises(FailedPrecondition):
+    with pytest.raises(FailedPrecondition) as info:
         await servicer.ModelInfer(req, None)
+    # The refusal names the run served now, for the gateway to pin its next Transform to.
+    assert info.value.trailing_metadata == ((MODEL_RUN_ID_METADATA_KEY, "run-b"),)
+
+
+def _infer_for(run_id: str) -> v2.ModelInferRequest:
+    req = _request(np.zeros((1, N_FEATURES), np.float32))
+    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = run_id
+    return req
+
+
+async def test_previous_may_retire_once_unused_for_the_overlap_and_the_new_version_paired(servicer: InferenceServicer) -> None:
+    servicer.install(_other_version("4", "run-b"))
+    # The preprocess service still serves run-a (e.g. its new version was refused): the
+    # old release keeps answering, however long, and is never due while current is unpaired.
+    assert (await servicer.ModelInfer(_infer_for("run-a"), None)).model_version == "3"
+    assert servicer.previous_retire_in(0.0) > 0
+    servicer.previous_used -= 3600  # unused for an hour, but still the only whole pair
+    assert servicer.previous_retire_in(60.0) > 0
+    # The preprocessor of run-b answers now: previous is due once unused for the overlap.
+    assert (await servicer.ModelInfer(_infer_for("run-b"), None)).model_version == "4"
+    assert servicer.previous_retire_in(60.0) <= 0
+    assert (await servicer.ModelInfer(_infer_for("run-a"), None)).model_version == "3"  # used again
+    assert 59 < servicer.previous_retire_in(60.0) <= 60
+
+
+async def test_a_switch_keeps_the_version_that_last_paired_as_previous(servicer: InferenceServicer) -> None:
+    v3 = servicer.current
+    assert (await servicer.ModelInfer(_infer_for("run-a"), None)).model_version == "3"
+    v4 = _other_version("4", "run-b")
+    servicer.install(v4)
+    assert servicer.previous is v3
+    # v4's preprocessor never answered (refused on the preprocess side): release 5 comes,
+    # and v3, whose inputs still arrive, stays beside it; v4 is the one that goes.
+    assert servicer.install(_other_version("5", "run-c")) is v4
+    assert servicer.previous is v3
+    assert (await servicer.ModelInfer(_infer_for("run-a"), None)).model_version == "3"
+    # Once v5 paired, the next switch makes it previous (two versions at most).
+    assert (await servicer.ModelInfer(_infer_for("run-c"), None)).model_version == "5"
+    v5 = servicer.current
+    servicer.install(_other_version("6", "run-d"))
+    assert servicer.previous is v5
+    # A refusal names both runs held, current first: the gateway tries their preprocessors.
+    with pytest.raises(FailedPrecondition) as info:
+        await servicer.ModelInfer(_infer_for("run-x"), None)
+    assert info.value.trailing_metadata == ((MODEL_RUN_ID_METADATA_KEY, "run-d"), (MODEL_RUN_ID_METADATA_KEY, "run-c"))
 
 
 async def test_input_from_a_newer_release_waits_for_the_reload(servicer: InferenceServicer) -> None:
     async def check_reload() -> bool:
-        servicer.install(_other_version("4", "run-b"), overlap_s=60)
+        servicer.install(_other_version("4", "run-b"))
         return True
 
     servicer.check_reload = check_reload
@@ -253,7 +298,7 @@ def test_check_output_counts_rows_past_the_ones_it_names() -> None:
 async def test_a_pinned_version_is_not_answered_by_the_one_the_skew_guard_picks(servicer: InferenceServicer) -> None:
     from meshserve_runtime.protocol import SKEW_GUARD_MESSAGE_PREFIX
 
-    servicer.install(_other_version("4", "run-b"), overlap_s=60)  # v3 (run-a) stays for the overlap
+    servicer.install(_other_version("4", "run-b"))  # v3 (run-a) stays for the overlap
     req = _request(np.zeros((1, N_FEATURES), np.float32), model_version="4")
     req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-a"
     with pytest.raises(FailedPrecondition, match=r"version '4' was requested.*run 'run-a', which pairs with version '3'") as info:
@@ -269,7 +314,7 @@ async def test_a_pinned_version_is_not_answered_by_the_one_the_skew_guard_picks(
 
 async def test_a_pinned_version_is_not_answered_by_the_version_a_reload_installs(servicer: InferenceServicer) -> None:
     async def check_reload() -> bool:
-        servicer.install(_other_version("4", "run-b"), overlap_s=60)
+        servicer.install(_other_version("4", "run-b"))
         return True
 
     servicer.check_reload = check_reload

@@ -33,7 +33,7 @@ def refreezes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 async def test_model_refreezes_after_the_overlap_not_at_the_switch(refreezes: list[str]) -> None:
     service = model_service.ModelService(ModelSettings(alias_poll_s=0, reload_overlap_s=0.05))
     old, new = (SimpleNamespace(artifact=artifact(v), batcher=None, device="cpu") for v in ("1", "2"))
-    service.servicer.install(old, overlap_s=0)
+    service.servicer.install(old)
 
     async def load(_: Any) -> Any:
         return new
@@ -41,22 +41,76 @@ async def test_model_refreezes_after_the_overlap_not_at_the_switch(refreezes: li
     service._load = load  # type: ignore[method-assign]
     await service._switch(artifact("2"))
     assert service.servicer.current is new and refreezes == []  # the old one still serves its callers
+    assert service.servicer._for_run("run-2") is new  # the new release's preprocessor answers too
     await asyncio.wait_for(asyncio.gather(*service._retiring), 5)
     assert service.servicer.previous is None
     assert refreezes == ["previous model version retired"]
+
+
+async def test_model_keeps_the_previous_version_while_its_inputs_arrive_and_retires_it_when_idle(
+    refreezes: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The preprocess service's new version was refused: it keeps sending inputs of the old
+    release, so the old model version must outlive any fixed overlap; once its inputs stop
+    (preprocess switched) for reload_overlap_s, it goes."""
+    monkeypatch.setattr(model_service, "RETIRE_RECHECK_S", 0.02)
+    service = model_service.ModelService(ModelSettings(alias_poll_s=0, reload_overlap_s=0.1))
+    old, new = (SimpleNamespace(artifact=artifact(v), batcher=None, device="cpu") for v in ("1", "2"))
+    service.servicer.install(old)
+
+    async def load(_: Any) -> Any:
+        return new
+
+    service._load = load  # type: ignore[method-assign]
+    await service._switch(artifact("2"))
+    servicer = service.servicer
+    for _ in range(15):  # 0.45 s of old-release inputs: over four overlaps
+        assert servicer._for_run("run-1") is old
+        await asyncio.sleep(0.03)
+    assert servicer._for_run("run-2") is new  # the preprocess service switched at last
+    for _ in range(10):  # the new pair answers; old-release stragglers still find their version
+        assert servicer._for_run("run-2") is new
+        await asyncio.sleep(0.005)
+    assert servicer.previous is old and refreezes == []
+    await asyncio.wait_for(asyncio.gather(*service._retiring), 5)  # idle for the overlap: retired
+    assert servicer.previous is None and servicer._for_run("run-1") is None
+    assert refreezes == ["previous model version retired"]
+
+
+async def test_model_memory_stays_at_two_versions(refreezes: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model_service, "RETIRE_RECHECK_S", 0.01)
+    service = model_service.ModelService(ModelSettings(alias_poll_s=0, reload_overlap_s=3600))
+    versions = [SimpleNamespace(artifact=artifact(v), batcher=None, device="cpu") for v in ("1", "2", "3")]
+    service.servicer.install(versions[0])
+    loads = iter(versions[1:])
+
+    async def load(_: Any) -> Any:
+        return next(loads)
+
+    service._load = load  # type: ignore[method-assign]
+    await service._switch(artifact("2"))
+    assert service.servicer._for_run("run-2") is versions[1]
+    await service._switch(artifact("3"))  # replaces previous (v1), whatever the overlap
+    await asyncio.sleep(0.05)  # its retire task notices at its next check and frees it
+    assert (service.servicer.current, service.servicer.previous) == (versions[2], versions[1])
+    assert refreezes == ["previous model version retired"] and len(service._retiring) == 1
+    await service.close()
 
 
 async def test_preprocess_refreezes_after_a_switch_but_not_after_the_first_load(
     refreezes: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(preprocess_service, "RETIRED_VERSION_COLLECT_AFTER_S", 0.05)
-    versions = iter(["1", "2"])
+    versions = iter(["1", "2", "3"])
     monkeypatch.setattr(preprocess_service, "load_preprocessor", lambda *a, **kw: SimpleNamespace(artifact=artifact(next(versions))))
     service = preprocess_service.PreprocessService(PreprocessSettings(alias_poll_s=0))
     await service._switch(None)  # the first load: nothing retired
     assert not service._refreezes
+    await service._switch(None)  # v1 stays as previous (calls may pin its run): nothing retired
+    assert service.servicer.previous.artifact.version == "1" and not service._refreezes
     await service._switch(None)
-    assert service.servicer.current.artifact.version == "2" and refreezes == []
+    assert service.servicer.current.artifact.version == "3" and refreezes == []
+    assert service.servicer.previous.artifact.version == "2"
     await asyncio.wait_for(asyncio.gather(*service._refreezes), 5)
     assert refreezes == ["previous preprocessor version retired"]
 

@@ -31,6 +31,7 @@ from meshserve_runtime.codecs import decode_frame, encode_frame
 from meshserve_runtime.errors import DeadlineExceeded, InvalidArgument, NotFound, ServiceError, Unavailable, from_rpc_error
 from meshserve_runtime.protocol import (
     MODEL_ALIAS_PARAMETER,
+    MODEL_RUN_ID_METADATA_KEY,
     MODEL_RUN_ID_PARAMETER,
     PREPROCESSOR_RUN_ID_PARAMETER,
     SKEW_GUARD_MESSAGE_PREFIX,
@@ -255,20 +256,36 @@ class Pipeline:
         raise Unavailable("the model release changed while the batch was being scored; retry")
 
     async def _score_once(self, frame: types_pb2.Frame, deadline: Deadline, offset: int = 0) -> Scored:
-        """Preprocess then model; refused by the skew guard (the two services are switching
-        releases one after the other), try again with backoff for up to skew_retry_s
-        within the caller's deadline: a request may wait for a hot reload, never mix releases.
+        """Preprocess then model; refused by the skew guard (the two services serving
+        different releases), try again with backoff for up to skew_retry_s within the
+        caller's deadline: a request may wait for a hot reload, never mix releases.
+        A refusal names the runs the model holds: the next attempts ask preprocess for
+        those runs' preprocessors (it keeps its previous version), at once, so a release
+        both sides hold answers even when one side's new version was refused for good.
         `offset`: the frame's first row in the caller's batch (a chunk), for row errors."""
         backoff = 0.02
         give_up = time.monotonic() + self.skew_retry_s
+        pin = ""
+        pins: list[str] = []  # runs the model named in its last refusal, not tried yet
         while True:
             try:
-                return await self._score_attempt(frame, deadline)
+                return await self._score_attempt(frame, deadline, pin)
             except ServiceError as err:
                 if not (err.code == grpc.StatusCode.FAILED_PRECONDITION and SKEW_GUARD_MESSAGE_PREFIX in err.message):
                     if offset and isinstance(err, RowError):
                         raise err.at(err.row + offset) from None  # the chunk's row -> the batch's
                     raise
+                if not pin and isinstance(err, SkewRefusal):
+                    pins = list(err.model_run_ids)
+                if pins and time.monotonic() < give_up:
+                    # The model named the runs it holds (current first): ask preprocess for
+                    # each one's preprocessor (it keeps its previous version) at once. New
+                    # information, not a wait: a pinned call preprocess can't serve is
+                    # refused before any work.
+                    pin = pins.pop(0)
+                    SKEW_RETRIES.inc()
+                    continue
+                pin = ""  # no pair found this round: back off, then the current pair again
                 left = min(deadline.end, give_up) - time.monotonic()
                 if left <= backoff:
                     if deadline.end < give_up:
@@ -281,12 +298,14 @@ class Pipeline:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 0.5)
 
-    async def _score_attempt(self, frame: types_pb2.Frame, deadline: Deadline) -> Scored:
+    async def _score_attempt(self, frame: types_pb2.Frame, deadline: Deadline, pin: str = "") -> Scored:
+        """One preprocess + model pass; `pin`: the run whose preprocessor must answer ("" = current)."""
+        transform = preprocess_pb2.TransformRequest(frame=frame)
+        if pin:
+            transform.run_id = pin
         with stage("preprocess"):
             try:
-                pre = await self.preprocess.Transform(
-                    preprocess_pb2.TransformRequest(frame=frame), timeout=deadline.remaining("preprocess")
-                )
+                pre = await self.preprocess.Transform(transform, timeout=deadline.remaining("preprocess"))
             except grpc.aio.AioRpcError as err:
                 raise downstream_error(err, "preprocess") from None  # "row N" of this frame: rebased by the callers
 
@@ -300,7 +319,7 @@ class Pipeline:
             try:
                 out = await self.model.ModelInfer(request, timeout=deadline.remaining("model"))
             except grpc.aio.AioRpcError as err:
-                raise from_rpc_error(err, "model") from None
+                raise _model_error(err) from None
         probabilities = np.frombuffer(out.raw_output_contents[0], dtype="<f4")
         model = types_pb2.ArtifactIdentity(
             name=out.model_name,
@@ -309,6 +328,25 @@ class Pipeline:
             alias=out.parameters[MODEL_ALIAS_PARAMETER].string_param,
         )
         return Scored(probabilities, model, pre.preprocessor)
+
+
+class SkewRefusal(ServiceError):
+    """The model's skew-guard refusal, with the run ids of the versions it holds (current first)."""
+
+    def __init__(self, message: str, model_run_ids: tuple[str, ...]) -> None:
+        super().__init__(message, grpc.StatusCode.FAILED_PRECONDITION)
+        self.model_run_ids = model_run_ids
+
+
+def _model_error(err: grpc.aio.AioRpcError) -> ServiceError:
+    """from_rpc_error for the model hop; a skew-guard refusal keeps the runs the model
+    names in its trailing metadata (only on the error path)."""
+    failure = from_rpc_error(err, "model")
+    if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        runs = tuple(v for k, v in err.trailing_metadata() or () if k == MODEL_RUN_ID_METADATA_KEY and isinstance(v, str) and v)
+        if runs:
+            return SkewRefusal(failure.message, runs[:2])  # two versions at most: bound what we try
+    return failure
 
 
 async def _gather_or_cancel(calls: Sequence[Awaitable[Scored]]) -> list[Scored]:

@@ -19,7 +19,7 @@ from meshserve_runtime.server import Service
 from meshserve_model import metrics
 from meshserve_model.batching import Batcher, batch_buckets
 from meshserve_model.model import LoadedModel, configure_threads, load_model
-from meshserve_model.servicer import InferenceServicer
+from meshserve_model.servicer import RETIRE_RECHECK_S, InferenceServicer
 from meshserve_model.settings import ModelSettings
 
 log = logging.getLogger("meshserve.model")
@@ -67,32 +67,42 @@ class ModelService(Service):
 
     async def load(self) -> bool:
         loaded = await self._load(None)
-        self.servicer.install(loaded, overlap_s=0)
+        self.servicer.install(loaded)
         ARTIFACT_INFO.info({**loaded.artifact.labels(), "device": str(loaded.device)})
         metrics.export_device(loaded.device, self.settings.dtype, self.settings.num_threads)
         self.watcher.start()
         return True
 
     async def _switch(self, artifact: ResolvedArtifact) -> None:
-        """Load and warm the new version beside the old, swap, retire the old after the overlap."""
+        """Load and warm the new version beside the old, swap, retire the old once unused."""
         try:
             new = await self._load(artifact)
         except Exception:
             metrics.RELOADS.labels("failed").inc()
             raise
-        old = self.servicer.install(new, self.settings.reload_overlap_s)
+        old = self.servicer.install(new)
         metrics.RELOADS.labels("switched").inc()
         ARTIFACT_INFO.info({**new.artifact.labels(), "device": str(new.device)})
         if old is not None:
+            # `old` is now `previous` (this task retires it once unused), or was dropped by
+            # install (this task frees it at once); a dropped older previous is freed by its own task.
             task = asyncio.get_running_loop().create_task(self._retire(old))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, old: LoadedModel) -> None:
-        """After the overlap, drop the old version once its in-flight calls are done."""
-        await asyncio.sleep(self.settings.reload_overlap_s)
-        if self.servicer.previous is old:
-            self.servicer.previous = None
+        """Drop the old version once no call used it for reload_overlap_s and the new one
+        paired with its preprocessor (checked periodically, not after a fixed time: while
+        the preprocess service still serves the old release, e.g. its new version was
+        refused, inputs for `old` keep coming and it keeps answering them); or at once when
+        a later switch replaced it. Then free it after its in-flight calls are done."""
+        servicer = self.servicer
+        while servicer.previous is old:
+            wait = servicer.previous_retire_in(self.settings.reload_overlap_s)
+            if wait <= 0:
+                servicer.previous = None
+                break
+            await asyncio.sleep(min(wait, RETIRE_RECHECK_S))
         if old.batcher is not None:
             await old.batcher.close()  # waits for queued calls; later stragglers run unbatched
         labels = old.artifact.labels()

@@ -50,6 +50,6 @@ class ModelSettings(ServerSettings):
     alias_poll_s: float = Field(default=10.0, ge=0)
     """How often to check whether the alias moved; a move loads, warms and switches to the new version (0: never)."""
     reload_overlap_s: float = Field(default=30.0, ge=0)
-    """After a switch, the previous version keeps serving calls whose preprocessor run id is its own, this long."""
+    """After a switch, the previous version keeps serving calls whose preprocessor run id is its own until none came for this long (and the new version has answered its own preprocessor's input)."""
     reload_wait_s: float = Field(default=10.0, ge=0)
     """A call whose preprocessor run id is newer than the served model waits this long (within its deadline) for the reload."""

@@ -48,13 +48,13 @@ class PreprocessService(Service):
             load_preprocessor, s.mlflow_tracking_uri, s.model_name, s.alias, artifact, s.compile,
             trusted_types=s.skops_trusted_types, allow_unsigned=s.allow_unsigned_artifacts,
         )
-        # One reference swap: in-flight calls keep the version they pinned; the old one is
-        # freed when the last of them drops it. The model service bridges the switch (it
-        # keeps the previous model for inputs of the previous preprocessor).
-        replacing = self.servicer.current is not None
-        self.servicer.current = loaded
+        # One reference swap: in-flight calls keep the version they pinned. The replaced
+        # version stays as `previous` until the next switch, for calls pinned to its run
+        # (the gateway asks for it when the model still serves that release); the one that
+        # drops out is freed when the last call holding it ends.
+        dropped = self.servicer.install(loaded)
         ARTIFACT_INFO.info(loaded.artifact.labels())
-        if replacing:
+        if dropped is not None:
             task = asyncio.get_running_loop().create_task(self._refreeze_later())
             self._refreezes.add(task)
             task.add_done_callback(self._refreezes.discard)

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from meshserve.v1 import types_pb2 as meshserve_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeshserve/v1/preprocess.proto\x12\x0cmeshserve.v1\x1a\x18meshserve/v1/types.proto\"6\n\x10TransformRequest\x12\"\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x13.meshserve.v1.Frame\"o\n\x11TransformResponse\x12$\n\x06tensor\x18\x01 \x01(\x0b\x32\x14.meshserve.v1.Tensor\x12\x34\n\x0cpreprocessor\x18\x02 \x01(\x0b\x32\x1e.meshserve.v1.ArtifactIdentity\"\x1c\n\x1aGetPreprocessorInfoRequest\"\x7f\n\x1bGetPreprocessorInfoResponse\x12\x15\n\rinput_columns\x18\x01 \x03(\t\x12\x13\n\x0bnum_outputs\x18\x02 \x01(\x03\x12\x34\n\x0cpreprocessor\x18\x03 \x01(\x0b\x32\x1e.meshserve.v1.ArtifactIdentity2\xcd\x01\n\x11PreprocessService\x12L\n\tTransform\x12\x1e.meshserve.v1.TransformRequest\x1a\x1f.meshserve.v1.TransformResponse\x12j\n\x13GetPreprocessorInfo\x12(.meshserve.v1.GetPreprocessorInfoRequest\x1a).meshserve.v1.GetPreprocessorInfoResponseB\x83\x01\n\x10\x63om.meshserve.v1B\x0fPreprocessProtoP\x01Z>github.com/meshserve/meshserve/gen/go/meshserve/v1;meshservev1\xaa\x02\x0cMeshserve.V1\xca\x02\x0cMeshserve\\V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmeshserve/v1/preprocess.proto\x12\x0cmeshserve.v1\x1a\x18meshserve/v1/types.proto\"F\n\x10TransformRequest\x12\"\n\x05\x66rame\x18\x01 \x01(\x0b\x32\x13.meshserve.v1.Frame\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"o\n\x11TransformResponse\x12$\n\x06tensor\x18\x01 \x01(\x0b\x32\x14.meshserve.v1.Tensor\x12\x34\n\x0cpreprocessor\x18\x02 \x01(\x0b\x32\x1e.meshserve.v1.ArtifactIdentity\"\x1c\n\x1aGetPreprocessorInfoRequest\"\x7f\n\x1bGetPreprocessorInfoResponse\x12\x15\n\rinput_columns\x18\x01 \x03(\t\x12\x13\n\x0bnum_outputs\x18\x02 \x01(\x03\x12\x34\n\x0cpreprocessor\x18\x03 \x01(\x0b\x32\x1e.meshserve.v1.ArtifactIdentity2\xcd\x01\n\x11PreprocessService\x12L\n\tTransform\x12\x1e.meshserve.v1.TransformRequest\x1a\x1f.meshserve.v1.TransformResponse\x12j\n\x13GetPreprocessorInfo\x12(.meshserve.v1.GetPreprocessorInfoRequest\x1a).meshserve.v1.GetPreprocessorInfoResponseB\x83\x01\n\x10\x63om.meshserve.v1B\x0fPreprocessProtoP\x01Z>github.com/meshserve/meshserve/gen/go/meshserve/v1;meshservev1\xaa\x02\x0cMeshserve.V1\xca\x02\x0cMeshserve\\V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,13 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020com.meshserve.v1B\017PreprocessProtoP\001Z>github.com/meshserve/meshserve/gen/go/meshserve/v1;meshservev1\252\002\014Meshserve.V1\312\002\014Meshserve\\V1'
   _globals['_TRANSFORMREQUEST']._serialized_start=73
-  _globals['_TRANSFORMREQUEST']._serialized_end=127
-  _globals['_TRANSFORMRESPONSE']._serialized_start=129
-  _globals['_TRANSFORMRESPONSE']._serialized_end=240
-  _globals['_GETPREPROCESSORINFOREQUEST']._serialized_start=242
-  _globals['_GETPREPROCESSORINFOREQUEST']._serialized_end=270
-  _globals['_GETPREPROCESSORINFORESPONSE']._serialized_start=272
-  _globals['_GETPREPROCESSORINFORESPONSE']._serialized_end=399
-  _globals['_PREPROCESSSERVICE']._serialized_start=402
-  _globals['_PREPROCESSSERVICE']._serialized_end=607
+  _globals['_TRANSFORMREQUEST']._serialized_end=143
+  _globals['_TRANSFORMRESPONSE']._serialized_start=145
+  _globals['_TRANSFORMRESPONSE']._serialized_end=256
+  _globals['_GETPREPROCESSORINFOREQUEST']._serialized_start=258
+  _globals['_GETPREPROCESSORINFOREQUEST']._serialized_end=286
+  _globals['_GETPREPROCESSORINFORESPONSE']._serialized_start=288
+  _globals['_GETPREPROCESSORINFORESPONSE']._serialized_end=415
+  _globals['_PREPROCESSSERVICE']._serialized_start=418
+  _globals['_PREPROCESSSERVICE']._serialized_end=623
 # @@protoc_insertion_point(module_scope)

@@ -8,10 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TransformRequest(_message.Message):
-    __slots__ = ("frame",)
+    __slots__ = ("frame", "run_id")
     FRAME_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     frame: _types_pb2.Frame
-    def __init__(self, frame: _Optional[_Union[_types_pb2.Frame, _Mapping]] = ...) -> None: ...
+    run_id: str
+    def __init__(self, frame: _Optional[_Union[_types_pb2.Frame, _Mapping]] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class TransformResponse(_message.Message):
     __slots__ = ("tensor", "preprocessor")

@@ -32,7 +32,8 @@ class PreprocessServiceStub:
     served from alias MESHSERVE_PREPROCESS_ALIAS (default "production") and
     switched to a new version when the alias moves (checked every
     MESHSERVE_PREPROCESS_ALIAS_POLL_S, default 10 s); each call is answered
-    by one version. An internal service: the gateway calls it; clients call
+    by one version, the current one unless TransformRequest.run_id asks for
+    the previous one (kept after a switch until the next one). An internal service: the gateway calls it; clients call
     meshserve.v1.PredictionService instead. Served on port 50053 by default
     (MESHSERVE_PREPROCESS_PORT). Like every meshserve RPC, each answer
     carries the call's trace id in the trailing metadata
@@ -65,7 +66,8 @@ class PreprocessServiceServicer:
     served from alias MESHSERVE_PREPROCESS_ALIAS (default "production") and
     switched to a new version when the alias moves (checked every
     MESHSERVE_PREPROCESS_ALIAS_POLL_S, default 10 s); each call is answered
-    by one version. An internal service: the gateway calls it; clients call
+    by one version, the current one unless TransformRequest.run_id asks for
+    the previous one (kept after a switch until the next one). An internal service: the gateway calls it; clients call
     meshserve.v1.PredictionService instead. Served on port 50053 by default
     (MESHSERVE_PREPROCESS_PORT). Like every meshserve RPC, each answer
     carries the call's trace id in the trailing metadata
@@ -84,6 +86,9 @@ class PreprocessServiceServicer:
         column that is not double or int64; NaN or infinity in a non-null
         value; values that overflow float32 once preprocessed. An error about
         one row starts with "row N" (N counted from 0 in the frame sent).
+        - FAILED_PRECONDITION: run_id names a run that is neither the current
+        version's nor the previous one's; the message starts with "skew
+        guard:" and names the runs loaded.
         - UNAVAILABLE: the preprocessor is still loading (retry shortly).
         - RESOURCE_EXHAUSTED: too many calls in progress (see the service).
         """
@@ -129,7 +134,8 @@ class PreprocessService:
     served from alias MESHSERVE_PREPROCESS_ALIAS (default "production") and
     switched to a new version when the alias moves (checked every
     MESHSERVE_PREPROCESS_ALIAS_POLL_S, default 10 s); each call is answered
-    by one version. An internal service: the gateway calls it; clients call
+    by one version, the current one unless TransformRequest.run_id asks for
+    the previous one (kept after a switch until the next one). An internal service: the gateway calls it; clients call
     meshserve.v1.PredictionService instead. Served on port 50053 by default
     (MESHSERVE_PREPROCESS_PORT). Like every meshserve RPC, each answer
     carries the call's trace id in the trailing metadata
