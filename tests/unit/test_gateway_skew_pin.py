@@ -219,3 +219,38 @@ async def test_the_models_refusal_carries_its_run_over_grpc_and_the_gateway_pins
             assert pre.pins == ["", "run1"]
     finally:
         await server.stop(0)
+
+
+def test_a_found_pin_is_tried_first_by_the_next_calls_then_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While one side's new version stays refused, later calls go straight to the pair that
+    answered (two hops, not a refusal first); after SKEW_PIN_MEMORY_S the current pair is
+    asked again, so a good new release can take over."""
+    import meshserve_gateway.pipeline as pipeline_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(pipeline_module.time, "monotonic", lambda: clock[0])
+    pre, model = Preprocess("run2", "run1"), Model("run1", {"run1"})
+    p = pipeline(pre, model)
+    for _ in range(3):
+        reply = asyncio.run(p.predict_rows([raw(0.5)], Deadline(5)))
+        assert (reply.model.run_id, reply.preprocessor.run_id) == ("run1", "run1")
+    assert pre.pins == ["", "run1", "run1", "run1"]  # one refusal, then pinned at once
+    assert model.runs == ["run2", "run1", "run1", "run1"]
+    clock[0] += pipeline_module.SKEW_PIN_MEMORY_S + 0.1
+    model.serving, model.serves = "run2", {"run2", "run1"}  # release 2's model now loads fine
+    reply = asyncio.run(p.predict_rows([raw(0.5)], Deadline(5)))
+    assert (reply.model.run_id, reply.preprocessor.run_id) == ("run2", "run2")  # the pin expired
+    assert pre.pins[-1] == ""
+
+
+def test_a_remembered_pin_that_is_gone_is_dropped_at_once() -> None:
+    """Both sides moved on (the pinned run is no longer held): the remembered pin is refused,
+    forgotten, and the current pair answers in the same call, without backing off."""
+    pre, model = Preprocess("run2", "run1"), Model("run1", {"run1"})
+    p = pipeline(pre, model)
+    asyncio.run(p.predict_rows([raw(0.5)], Deadline(5)))
+    pre.current, pre.previous = "run3", "run2"  # release 3 on both sides: run1 is gone
+    model.serving, model.serves = "run3", {"run3", "run2"}
+    reply = asyncio.run(p.predict_rows([raw(0.5)], Deadline(5)))
+    assert (reply.model.run_id, reply.preprocessor.run_id) == ("run3", "run3")
+    assert pre.pins[-2:] == ["run1", ""]

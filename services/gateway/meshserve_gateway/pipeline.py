@@ -105,6 +105,13 @@ class Pipeline:
         self.max_row_values = max_row_values
         self.chunk_rows = chunk_rows
         self.skew_retry_s = skew_retry_s
+        # The run a skew refusal last led to (a pinned Transform that then answered), tried
+        # first by the next calls until _pin_until: while one side's new version stays
+        # refused, a call costs two hops, not a refusal and two more. Short-lived, so the
+        # current pair is asked again soon (a pin kept forever would keep the old release
+        # in use, and never let a good new one take over).
+        self._pin = ""
+        self._pin_until = 0.0
         knobs = {"max_delay_us": coalesce_max_delay_us, "max_rows": coalesce_max_rows, "max_in_flight": coalesce_max_in_flight}
         features_callers = COALESCED_CALLERS.labels("features")
         score_callers = COALESCED_CALLERS.labels("score")
@@ -264,17 +271,28 @@ class Pipeline:
         both sides hold answers even when one side's new version was refused for good.
         `offset`: the frame's first row in the caller's batch (a chunk), for row errors."""
         backoff = 0.02
-        give_up = time.monotonic() + self.skew_retry_s
-        pin = ""
+        now = time.monotonic()
+        give_up = now + self.skew_retry_s
+        remembered = pin = self._pin if now < self._pin_until else ""
         pins: list[str] = []  # runs the model named in its last refusal, not tried yet
         while True:
             try:
-                return await self._score_attempt(frame, deadline, pin)
+                scored = await self._score_attempt(frame, deadline, pin)
+                if pin and pin != remembered:
+                    self._pin, self._pin_until = pin, time.monotonic() + SKEW_PIN_MEMORY_S
+                return scored
             except ServiceError as err:
                 if not (err.code == grpc.StatusCode.FAILED_PRECONDITION and SKEW_GUARD_MESSAGE_PREFIX in err.message):
                     if offset and isinstance(err, RowError):
                         raise err.at(err.row + offset) from None  # the chunk's row -> the batch's
                     raise
+                if remembered and pin == remembered:
+                    # The remembered pair is gone (retired, or a new release on both sides):
+                    # forget it and ask for the current pair at once.
+                    if self._pin == remembered:
+                        self._pin_until = 0.0
+                    remembered = pin = ""
+                    continue
                 if not pin and isinstance(err, SkewRefusal):
                     pins = list(err.model_run_ids)
                 if pins and time.monotonic() < give_up:
@@ -328,6 +346,10 @@ class Pipeline:
             alias=out.parameters[MODEL_ALIAS_PARAMETER].string_param,
         )
         return Scored(probabilities, model, pre.preprocessor)
+
+
+#: How long a pin found after a skew refusal is tried first by later calls (seconds).
+SKEW_PIN_MEMORY_S = 1.0
 
 
 class SkewRefusal(ServiceError):
