@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +64,25 @@ class Load:
         return {v for v, _, _ in list(self.answers)}
 
 
+@contextmanager
+def steady_load(stack: Stack, version: str) -> Iterator[Load]:
+    """Two closed-loop callers on the gateway, running once `version` answers; stopped on exit."""
+    load = Load(stack.config.target("gateway"))
+    threads = [threading.Thread(target=load.run, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not load.answers and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert load.versions() == {version}
+        yield load
+    finally:
+        load.stop.set()
+        for t in threads:
+            t.join(timeout=30)
+
+
 def test_alias_moved_under_load_gives_zero_failed_requests(tmp_path_factory: pytest.TempPathFactory) -> None:
     home = Path(tmp_path_factory.mktemp("reload-home"))
     first = train_into(home, None, seed=7)
@@ -70,26 +91,13 @@ def test_alias_moved_under_load_gives_zero_failed_requests(tmp_path_factory: pyt
     config.extra_env = {service: {var: "0.5"} for service, var in poll.items()}
     config.extra_env["gateway"] = {"MESHSERVE_GATEWAY_DEFAULT_TIMEOUT_S": "20"}
     with Stack(config) as stack:
-        load = Load(stack.config.target("gateway"))
-        threads = [threading.Thread(target=load.run, daemon=True) for _ in range(2)]
-        for t in threads:
-            t.start()
-        try:
-            deadline = time.monotonic() + 30
-            while not load.answers and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert load.versions() == {first.model_version}
-
+        with steady_load(stack, first.model_version) as load:
             second = train_into(home, None, seed=8)  # registers v2 of both, moves @production
             assert second.model_version != first.model_version and second.run_id != first.run_id
             deadline = time.monotonic() + 90
             while second.model_version not in load.versions() and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(2)  # keep the load on after the switch
-        finally:
-            load.stop.set()
-            for t in threads:
-                t.join(timeout=30)
         served = load.versions()
         assert not load.errors, (load.errors[:5], stack.log_tail("model"))
         assert second.model_version in served, (served, stack.log_tail("model"), stack.log_tail("preprocess"))
@@ -134,16 +142,7 @@ def test_a_release_one_side_refuses_keeps_the_old_release_serving(bad: str, tmp_
     uri = f"sqlite:///{home}/mlflow.db"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     with Stack(config) as stack:
-        load = Load(stack.config.target("gateway"))
-        threads = [threading.Thread(target=load.run, daemon=True) for _ in range(2)]
-        for t in threads:
-            t.start()
-        try:
-            deadline = time.monotonic() + 30
-            while not load.answers and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert load.versions() == {first.model_version}
-
+        with steady_load(stack, first.model_version) as load:
             second = train_into(home, None, seed=8, alias="staging")  # release 2, @production untouched
             names = {"preprocessor": "driver_ranking_preprocessor", "model": "driver_ranking"}
             versions = {"preprocessor": second.preprocessor_version, "model": second.model_version}
@@ -164,10 +163,6 @@ def test_a_release_one_side_refuses_keeps_the_old_release_serving(bad: str, tmp_
             while third.model_version not in load.versions() and time.monotonic() < deadline:
                 time.sleep(0.2)
             time.sleep(1)
-        finally:
-            load.stop.set()
-            for t in threads:
-                t.join(timeout=30)
         assert not load.errors, (load.errors[:5], stack.log_tail("model"), stack.log_tail("preprocess"))
         assert len(one_sided) > 20
         assert set(one_sided) == {(first.model_version, first.run_id, first.run_id)}  # release 1, whole

@@ -85,17 +85,23 @@ def pipeline(pre: Preprocess, model: Model, **kw: object) -> Pipeline:
     return Pipeline(None, pre, model, "m", 1000, **kw)  # type: ignore[arg-type]
 
 
-def test_a_refused_model_reload_keeps_the_old_pair_answering_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Preprocess switched to run2, the model's v2 was refused (it serves run1): the refusal
-    names run1, the next Transform asks for it, release 1 answers, without backing off."""
-    sleeps: list[float] = []
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The asyncio.sleep calls made (the gateway's backoffs), still sleeping."""
+    slept: list[float] = []
     real_sleep = asyncio.sleep
 
     async def sleep(seconds: float, *args: object) -> object:
-        sleeps.append(seconds)
+        slept.append(seconds)
         return await real_sleep(seconds, *args)
 
     monkeypatch.setattr(asyncio, "sleep", sleep)
+    return slept
+
+
+def test_a_refused_model_reload_keeps_the_old_pair_answering_at_once(sleeps: list[float]) -> None:
+    """Preprocess switched to run2, the model's v2 was refused (it serves run1): the refusal
+    names run1, the next Transform asks for it, release 1 answers, without backing off."""
     pre, model = Preprocess("run2", "run1"), Model("run1", {"run1"})
     reply = asyncio.run(pipeline(pre, model).predict_rows([raw(0.25)], Deadline(5)))
     assert sleeps == []  # no backoff: the refusal said which release to ask for
@@ -104,18 +110,10 @@ def test_a_refused_model_reload_keeps_the_old_pair_answering_at_once(monkeypatch
     assert pre.pins == ["", "run1"] and model.runs == ["run2", "run1"]
 
 
-def test_a_model_that_switched_ahead_is_paired_through_its_previous_version(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_that_switched_ahead_is_paired_through_its_previous_version(sleeps: list[float]) -> None:
     """Release 2's model was refused, so preprocess (run2, previous run1) pairs with nothing
     the model serves; then release 3's model lands first (run3, previous run1): the refusal
     names run3 then run1; preprocess has no run3, so release 1 answers, at once."""
-    sleeps: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def sleep(seconds: float, *args: object) -> object:
-        sleeps.append(seconds)
-        return await real_sleep(seconds, *args)
-
-    monkeypatch.setattr(asyncio, "sleep", sleep)
     pre, model = Preprocess("run2", "run1"), Model("run3", {"run3", "run1"})
     reply = asyncio.run(pipeline(pre, model).predict_rows([raw(0.25)], Deadline(5)))
     assert (reply.model.run_id, reply.preprocessor.run_id) == ("run1", "run1")

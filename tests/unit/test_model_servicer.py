@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import grpc
 import numpy as np
 import pytest
@@ -190,10 +192,7 @@ async def test_input_from_a_newer_release_waits_for_the_reload(servicer: Inferen
         servicer.install(_other_version("4", "run-b"))
         return True
 
-    servicer.check_reload = check_reload
-    servicer.reload_wait_s = 1.0
-    req = _request(np.zeros((1, N_FEATURES), np.float32))
-    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-b"
+    req = _stray_input(servicer, check_reload)
     assert (await servicer.ModelInfer(req, None)).model_version == "4"
 
 
@@ -312,15 +311,22 @@ async def test_a_pinned_version_is_not_answered_by_the_one_the_skew_guard_picks(
     assert (await servicer.ModelInfer(req, None)).model_version == "3"
 
 
+def _stray_input(servicer: InferenceServicer, check_reload: Callable[[], Awaitable[bool]], model_version: str = "") -> v2.ModelInferRequest:
+    """A request whose input came from run-b's preprocessor (not the served run-a), with the
+    servicer's alias check replaced by `check_reload`."""
+    servicer.check_reload = check_reload
+    servicer.reload_wait_s = 1.0
+    req = _request(np.zeros((1, N_FEATURES), np.float32), model_version=model_version)
+    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-b"
+    return req
+
+
 async def test_a_pinned_version_is_not_answered_by_the_version_a_reload_installs(servicer: InferenceServicer) -> None:
     async def check_reload() -> bool:
         servicer.install(_other_version("4", "run-b"))
         return True
 
-    servicer.check_reload = check_reload
-    servicer.reload_wait_s = 1.0
-    req = _request(np.zeros((1, N_FEATURES), np.float32), model_version="3")
-    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-b"
+    req = _stray_input(servicer, check_reload, model_version="3")
     with pytest.raises(FailedPrecondition, match="pairs with version '4'"):
         await servicer.ModelInfer(req, None)
 
@@ -329,10 +335,7 @@ async def test_a_registry_that_cannot_be_reached_during_the_skew_guard_is_unavai
     async def check_reload() -> bool:
         raise ConnectionError("registry down")
 
-    servicer.check_reload = check_reload
-    servicer.reload_wait_s = 1.0
-    req = _request(np.zeros((1, N_FEATURES), np.float32))
-    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-b"
+    req = _stray_input(servicer, check_reload)
     with pytest.raises(Unavailable, match=r"run 'run-b'.*checking the model registry.*failed \(ConnectionError\); retry") as info:
         await servicer.ModelInfer(req, None)
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
@@ -345,10 +348,7 @@ async def test_an_alias_that_points_nowhere_during_the_skew_guard_keeps_its_refu
     async def check_reload() -> bool:
         raise ArtifactNotFound("no version of registered model 'm' has alias 'production'")
 
-    servicer.check_reload = check_reload
-    servicer.reload_wait_s = 1.0
-    req = _request(np.zeros((1, N_FEATURES), np.float32))
-    req.parameters[PREPROCESSOR_RUN_ID_PARAMETER].string_param = "run-b"
+    req = _stray_input(servicer, check_reload)
     with pytest.raises(FailedPrecondition, match="run-b.*run-a") as info:
         await servicer.ModelInfer(req, None)
     assert info.value.message.startswith(SKEW_GUARD_MESSAGE_PREFIX)

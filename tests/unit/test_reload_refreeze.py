@@ -30,8 +30,9 @@ def refreezes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-async def test_model_refreezes_after_the_overlap_not_at_the_switch(refreezes: list[str]) -> None:
-    service = model_service.ModelService(ModelSettings(alias_poll_s=0, reload_overlap_s=0.05))
+async def switched_model_service(overlap_s: float) -> tuple[Any, Any, Any]:
+    """A model service serving stand-in version 1, then switched to version 2: (service, old, new)."""
+    service = model_service.ModelService(ModelSettings(alias_poll_s=0, reload_overlap_s=overlap_s))
     old, new = (SimpleNamespace(artifact=artifact(v), batcher=None, device="cpu") for v in ("1", "2"))
     service.servicer.install(old)
 
@@ -40,6 +41,11 @@ async def test_model_refreezes_after_the_overlap_not_at_the_switch(refreezes: li
 
     service._load = load  # type: ignore[method-assign]
     await service._switch(artifact("2"))
+    return service, old, new
+
+
+async def test_model_refreezes_after_the_overlap_not_at_the_switch(refreezes: list[str]) -> None:
+    service, _, new = await switched_model_service(0.05)
     assert service.servicer.current is new and refreezes == []  # the old one still serves its callers
     assert service.servicer._for_run("run-2") is new  # the new release's preprocessor answers too
     await asyncio.wait_for(asyncio.gather(*service._retiring), 5)
@@ -54,15 +60,7 @@ async def test_model_keeps_the_previous_version_while_its_inputs_arrive_and_reti
     release, so the old model version must outlive any fixed overlap; once its inputs stop
     (preprocess switched) for reload_overlap_s, it goes."""
     monkeypatch.setattr(model_service, "RETIRE_RECHECK_S", 0.02)
-    service = model_service.ModelService(ModelSettings(alias_poll_s=0, reload_overlap_s=0.1))
-    old, new = (SimpleNamespace(artifact=artifact(v), batcher=None, device="cpu") for v in ("1", "2"))
-    service.servicer.install(old)
-
-    async def load(_: Any) -> Any:
-        return new
-
-    service._load = load  # type: ignore[method-assign]
-    await service._switch(artifact("2"))
+    service, old, new = await switched_model_service(0.1)
     servicer = service.servicer
     for _ in range(15):  # 0.45 s of old-release inputs: over four overlaps
         assert servicer._for_run("run-1") is old
