@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from meshserve_runtime.redact import redact_connection_string, redact_url
 from meshserve_runtime.settings import meshserve_home
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ class FeastSettings(BaseSettings):
     def describe_online_store(self) -> str:
         """Human-readable location of the online store, for messages."""
         if self.online_store == "redis":
-            return f"redis at {self.redis_url}"
+            return f"redis at {redact_connection_string(self.redis_url)}"
         return f"sqlite at {self.sqlite_path}"
 
 
@@ -133,19 +134,6 @@ def registry_kind(registry: str) -> RegistryKind:
         f"unsupported Feast registry scheme {scheme!r}: use a file path, postgresql+psycopg://, mysql://, "
         "sqlite:///, s3:// or gs://"
     )
-
-
-def redact_url(value: str) -> str:
-    """A URL with its password (and any query string, which may carry one) replaced by ***."""
-    if "://" not in value:
-        return value
-    url = urlsplit(value)
-    if url.password is None and not url.query:
-        return value
-    netloc = url.netloc
-    if url.password is not None:
-        netloc = netloc.replace(":" + url.password + "@", ":***@", 1)
-    return url._replace(netloc=netloc, query="***" if url.query else "").geturl()
 
 
 def repo_config(

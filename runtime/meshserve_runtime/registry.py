@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from meshserve.v1 import types_pb2
 
 from meshserve_runtime.integrity import DIGEST_TAG
+from meshserve_runtime.redact import redact_url
 
 log = logging.getLogger("meshserve.registry")
 
@@ -57,7 +58,7 @@ def resolve_alias(tracking_uri: str, name: str, alias: str) -> ResolvedArtifact:
     except MlflowException as err:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             raise ArtifactNotFound(
-                f"no version of registered model {name!r} has alias {alias!r} in {tracking_uri} "
+                f"no version of registered model {name!r} has alias {alias!r} in {redact_url(tracking_uri)} "
                 "(train and register one with `make train`)"
             ) from err
         raise

@@ -124,3 +124,28 @@ def test_a_registry_password_never_reaches_logs_or_labels() -> None:
     assert "s3cret" not in settings.describe_registry()
     assert settings.describe_registry().startswith("postgresql+psycopg://feast:***@postgres:5432/feast")
     assert FeastSettings(feast_registry="sqlite:////x/r.db").describe_registry() == "sqlite:////x/r.db"
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("redis-master:6379,password=TopSecretPw", "redis at redis-master:6379,password=***"),
+        ("redis://:TopSecretPw@redis-master:6379/2", "redis at redis-master:6379,db=2,password=***"),
+        ("rediss://app:TopSecretPw@redis-master:6380/0", "redis at redis-master:6380,db=0,username=app,password=***,ssl=true"),
+        ("redis-master:6379,db=3", "redis at redis-master:6379,db=3"),
+    ],
+)
+def test_the_online_store_is_described_without_its_password(given: str, shown: str) -> None:
+    """describe_online_store() goes into log lines, readiness reasons and UNAVAILABLE messages."""
+    assert FeastSettings(online_store="redis", redis_url=given).describe_online_store() == shown
+
+
+def test_urls_lose_their_passwords_and_keep_the_rest() -> None:
+    from meshserve_runtime.redact import redact_connection_string, redact_url
+
+    assert redact_url("http://mluser:MlflowPw@mlflow:5000") == "http://mluser:***@mlflow:5000"
+    assert redact_url("https://mlflow.example.com/api?token=abc") == "https://mlflow.example.com/api?***"
+    assert redact_url("http://mlflow:5000") == "http://mlflow:5000"
+    assert redact_url("sqlite:////home/x/mlflow.db") == "sqlite:////home/x/mlflow.db"
+    assert redact_url("http://[::1") == "http://***"  # unparseable: nothing past the scheme
+    assert redact_connection_string("h:1,PASSWORD=x,db=2") == "h:1,PASSWORD=***,db=2"
