@@ -1,0 +1,44 @@
+"""The gateway answers a caller's deadline itself, a little before the caller's own timer,
+so the caller gets the hop that was slow (and the trace id), not gRPC's bare
+client-side "Deadline Exceeded"."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from meshserve.v1 import prediction_pb2, prediction_pb2_grpc, types_pb2
+
+from meshserve_runtime.interceptors import ServerInterceptor
+
+from meshserve_gateway.pipeline import Pipeline
+from meshserve_gateway.servicer import PredictionServicer
+
+
+class HungPreprocess:
+    """A preprocess service that never answers (paused, or stuck on a slow node)."""
+
+    async def Transform(self, request: object, timeout: float | None = None) -> object:
+        await asyncio.sleep(timeout if timeout is not None else 60)
+        raise grpc.aio.AioRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), "Deadline Exceeded")
+
+
+@pytest.mark.parametrize("caller_timeout", [0.3, 1.0])
+async def test_a_caller_deadline_is_answered_by_the_gateway_naming_the_slow_hop(caller_timeout: float) -> None:
+    pipeline = Pipeline(None, HungPreprocess(), None, "m", 1000)  # type: ignore[arg-type]
+    server = grpc.aio.server(interceptors=[ServerInterceptor("gateway")])
+    prediction_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(pipeline, default_timeout_s=5.0), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            row = types_pb2.Row()
+            row.values["x"].double_value = 0.5
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await prediction_pb2_grpc.PredictionServiceStub(channel).Predict(
+                    prediction_pb2.PredictRequest(rows=[row]), timeout=caller_timeout)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "preprocess" in (info.value.details() or ""), info.value.details()  # the server's answer, not the client timer's
+    finally:
+        await server.stop(None)
