@@ -112,6 +112,30 @@ def _print_rpc_error(err: grpc.RpcError) -> int:
     return 1
 
 
+#: Exit status when the call succeeded but some rows carry an error (a script can tell).
+EXIT_SOME_ROWS_FAILED = 3
+
+
+def _print_reply(reply: prediction_pb2.PredictResponse) -> int:
+    print(MessageToJson(reply, indent=2))
+    failed = [i for i, p in enumerate(reply.predictions) if p.WhichOneof("result") == "error"]
+    if failed:
+        print(f"error: {len(failed)} of {len(reply.predictions)} rows failed (rows {failed[:10]})", file=sys.stderr)
+        return EXIT_SOME_ROWS_FAILED
+    return 0
+
+
+def _int64(text: str) -> int:
+    """argparse type of an entity id: an int64, or a usage error naming the range."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is outside the int64 range of entity keys")
+    return value
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     if len(args.driver) != len(args.customer):
         print("give one --customer per --driver", file=sys.stderr)
@@ -128,8 +152,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as err:
             return _print_rpc_error(err)
-    print(MessageToJson(reply, indent=2))
-    return 0
+    return _print_reply(reply)
 
 
 def cmd_predict_rows(args: argparse.Namespace) -> int:
@@ -146,8 +169,7 @@ def cmd_predict_rows(args: argparse.Namespace) -> int:
             )
         except grpc.RpcError as err:
             return _print_rpc_error(err)
-    print(MessageToJson(reply, indent=2))
-    return 0
+    return _print_reply(reply)
 
 
 def health_targets(args: argparse.Namespace) -> dict[str, str]:
@@ -205,8 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="score entity rows (features from the online store)")
-    p.add_argument("--driver", type=int, action="append", required=True)
-    p.add_argument("--customer", type=int, action="append", required=True)
+    p.add_argument("--driver", type=_int64, action="append", required=True)
+    p.add_argument("--customer", type=_int64, action="append", required=True)
     p.add_argument("--target", default="127.0.0.1:50051", help="gateway address")
     p.add_argument("--timeout", type=float, default=10.0)
     _add_credential_args(p)

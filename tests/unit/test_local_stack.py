@@ -175,3 +175,27 @@ def test_health_checks_the_ports_it_is_given(monkeypatch: pytest.MonkeyPatch, ca
     with pytest.raises(SystemExit) as exit_info:
         cli.health_targets(argparse.Namespace(host=None, port_offset=0, target=["gateway"]))
     assert exit_info.value.code == 2
+
+
+def test_predict_exits_non_zero_when_some_rows_failed(capsys: pytest.CaptureFixture[str]) -> None:
+    """A script must tell a partial failure (a per-row NOT_FOUND) from a clean answer."""
+    from meshserve.v1 import prediction_pb2
+
+    from meshserve_local import cli
+
+    reply = prediction_pb2.PredictResponse()
+    reply.predictions.add().probability = 0.5
+    reply.predictions.add().error.message = "entity not found"
+    assert cli._print_reply(reply) == cli.EXIT_SOME_ROWS_FAILED
+    assert "1 of 2 rows failed (rows [1])" in capsys.readouterr().err
+    del reply.predictions[1]
+    assert cli._print_reply(reply) == 0
+
+
+def test_an_entity_id_outside_int64_is_a_usage_error_not_a_traceback() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "meshserve_local.cli", "predict", "--driver", "99999999999999999999",
+                          "--customer", "2001"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "outside the int64 range" in out.stderr and "Traceback" not in out.stderr, out.stderr
