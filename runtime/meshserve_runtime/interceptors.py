@@ -34,11 +34,14 @@ log = logging.getLogger("meshserve.rpc")
 #: Services whose calls get no span (probes).
 UNTRACED_SERVICES = frozenset({"grpc.health.v1.Health"})
 
-# Server-side codes that mean the server failed (OTel RPC semantic conventions); the
-# others (INVALID_ARGUMENT, NOT_FOUND, ...) are the caller's problem and leave the span unset.
+# Server-side codes that mean the server failed (OTel RPC semantic conventions), plus
+# RESOURCE_EXHAUSTED (overload: the batching queue or the concurrency limit refused the
+# call), as the chart's availability SLO counts them; the others (INVALID_ARGUMENT,
+# NOT_FOUND, ...) are the caller's problem and leave the span unset.
 _SERVER_ERROR_CODES = frozenset({
     grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
     grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
 })
 
 

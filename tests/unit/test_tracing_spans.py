@@ -64,3 +64,62 @@ def test_always_on_records_every_span() -> None:
     out = run({"OTEL_TRACES_EXPORTER": "none", "OTEL_TRACES_SAMPLER": "always_on"})
     assert out["unsampled_recording"] is True  # not parent-based: the SDK decides, and keeps it
     assert out["names"] == ["inner", "forward"]
+
+
+STATUS_SCRIPT = textwrap.dedent('''
+    import asyncio, json
+    import grpc
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from meshserve_runtime import tracing
+    from meshserve_runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
+    from meshserve_runtime.interceptors import ServerInterceptor
+
+    tracing.configure_tracing("meshserve-test")
+    exporter = InMemorySpanExporter()
+    trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(exporter))
+
+    def raising(err):
+        async def handler(request, context):
+            if err is None:
+                return b"ok"
+            raise err
+        return grpc.unary_unary_rpc_method_handler(handler)
+
+    async def main():
+        server = grpc.aio.server(interceptors=[ServerInterceptor("test")])
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", {
+            "Ok": raising(None), "Busy": raising(ResourceExhausted("queue full")),
+            "Bad": raising(InvalidArgument("no")), "Down": raising(Unavailable("down")),
+        }),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        codes = {}
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            for method in ("Ok", "Busy", "Bad", "Down"):
+                try:
+                    await channel.unary_unary(f"/t.S/{method}")(b"x")
+                    codes[method] = "OK"
+                except grpc.aio.AioRpcError as err:
+                    codes[method] = err.code().name
+        await server.stop(None)
+        return codes
+
+    codes = asyncio.run(main())
+    spans = {s.name.rpartition("/")[2]: s.status.status_code.name for s in exporter.get_finished_spans()}
+    print(json.dumps({"codes": codes, "spans": spans}))
+''')
+
+
+def test_server_span_status_follows_the_slo_error_codes() -> None:
+    """RESOURCE_EXHAUSTED (overload) is a server fault for the chart's availability SLO,
+    so its span is ERROR too; a caller's mistake (INVALID_ARGUMENT) leaves the span unset."""
+    proc = subprocess.run([sys.executable, "-c", STATUS_SCRIPT], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_TRACES_SAMPLER": "always_on"})
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["codes"] == {"Ok": "OK", "Busy": "RESOURCE_EXHAUSTED", "Bad": "INVALID_ARGUMENT", "Down": "UNAVAILABLE"}
+    assert out["spans"] == {"Ok": "UNSET", "Busy": "ERROR", "Bad": "UNSET", "Down": "ERROR"}
