@@ -27,18 +27,29 @@ any other status (UNAVAILABLE, FAILED_PRECONDITION...) is about the stage, not t
 rows, and fails every member with that status.
 Deadline: the group call runs under the earliest member deadline (no member is kept
 past its own); members with time left that lose to it are retried alone.
+Context (trace, log fields): each member keeps a copy of its caller's contextvars. A
+group's call runs in its leader's context (the first member whose trace is recorded, else
+the first member), never in that of whoever
+flushed the lane (a finished caller, another group's task), and a member retried alone
+runs in its own. So the group's spans and log lines are in the leader's trace; each other
+member whose trace is recorded gets a `gateway.coalesced` span in its own trace (its wait,
+with a link to the leader's span).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import grpc
+from opentelemetry import trace
 
 from meshserve_runtime.errors import ServiceError
+from meshserve_runtime.tracing import tracer
 
 from meshserve_gateway.deadline import Deadline
 
@@ -56,7 +67,12 @@ class _Member(Generic[T, R]):
     rows: int
     deadline: Deadline
     future: asyncio.Future[R]
+    context: contextvars.Context  # a copy of the caller's, taken at submission: its group runs in it
+    span: trace.Span  # the caller's current span then (a group's other members link to its leader's)
     callers: int = 1  # gateway callers this item stands for (an item may carry a whole group)
+    group: list[_Member[T, R]] | None = None  # set when it left with others
+    leader: _Member[T, R] | None = None  # the member whose context the group's call ran in
+    queued_ns: int = 0  # when it queued, only if the caller's span is recorded (else 0)
 
 
 @dataclass(slots=True)
@@ -81,6 +97,7 @@ class Coalescer(Generic[T, R]):
         max_in_flight: int = 1,
         retry_alone: frozenset[grpc.StatusCode] = DEFAULT_RETRY_ALONE,
         on_dispatch: Callable[[int, int], None] | None = None,
+        stage: str = "",
     ) -> None:
         self._run_one = run_one
         self._run_group = run_group
@@ -90,6 +107,7 @@ class Coalescer(Generic[T, R]):
         self.retry_alone = retry_alone
         # Called with (callers, rows) for every internal call the coalescer makes (metrics).
         self._on_dispatch = on_dispatch
+        self.stage = stage  # names the stage on the `gateway.coalesced` spans
         self._lanes: dict[Hashable, _Lane[T, R]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # strong refs: a running group is never GC'd
         self.groups = 0  # internal calls made for more than one caller (for tests/metrics)
@@ -118,13 +136,45 @@ class Coalescer(Generic[T, R]):
                 lane.in_flight -= 1
                 self._on_idle(key, lane)
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        lane.queue.append(_Member(item, rows, deadline, future, callers))
+        current = trace.get_current_span()  # an existing object (INVALID_SPAN when tracing is off)
+        member = _Member(item, rows, deadline, future, contextvars.copy_context(), current, callers)
+        # Tracing off or this trace not sampled: no span is recorded, nothing more per call.
+        recorded = current.is_recording()
+        if recorded:
+            member.queued_ns = time.time_ns()
+        lane.queue.append(member)
         lane.rows += rows
         if lane.rows >= self.max_rows:
             self._flush(key)  # a full group goes at once, busy stage or not: bounded wait
         elif lane.timer is None and lane.in_flight < self.max_in_flight:
             lane.timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._on_timer, key)
-        return await future
+        if not recorded:
+            return await future
+        try:
+            result = await future
+        except BaseException as err:
+            self._trace_member(member, err)
+            raise
+        self._trace_member(member, None)
+        return result
+
+    def _trace_member(self, m: _Member[T, R], err: BaseException | None) -> None:
+        """A member served by another caller's call: in its own trace, a `gateway.coalesced`
+        span over its wait, linked to the leader's span (whose trace holds the group's call)."""
+        group, lead = m.group, m.leader
+        if group is None or lead is None or lead is m:
+            return  # served alone (its spans are in its trace) or the leader (the group's are)
+        leader = lead.span.get_span_context()  # linked even if not sampled: its logs carry the id
+        attributes: dict[str, str | int] = {"meshserve.calls": len(group)}
+        if self.stage:
+            attributes["meshserve.stage"] = self.stage
+        span = tracer().start_span(
+            "gateway.coalesced", start_time=m.queued_ns, attributes=attributes,
+            links=[trace.Link(leader)] if leader.is_valid else None,
+        )
+        if err is not None:
+            span.set_status(trace.StatusCode.ERROR, f"{type(err).__name__}: {err}")
+        span.end()
 
     def _on_timer(self, key: Hashable) -> None:
         lane = self._lanes.get(key)
@@ -175,7 +225,15 @@ class Coalescer(Generic[T, R]):
         lane.in_flight += 1
         if self._on_dispatch is not None:
             self._on_dispatch(sum(m.callers for m in group), sum(m.rows for m in group))
-        task = asyncio.create_task(self._run(key, lane, group))
+        # The leader: the first member whose trace is recorded (so a sampled caller's link
+        # leads to recorded spans), else the first. Its context runs the group's call: the
+        # current one is whoever flushed (a finished caller, another group's task, a timer),
+        # whose trace the group must not join. Rows keep their order either way.
+        lead = next((m for m in group if m.queued_ns), group[0]) if len(group) > 1 else group[0]
+        if len(group) > 1:
+            for m in group:
+                m.group, m.leader = group, lead
+        task = asyncio.create_task(self._run(key, lane, group), context=lead.context)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -190,7 +248,12 @@ class Coalescer(Generic[T, R]):
                 results = await self._run_group([m.item for m in group], deadline)
             except ServiceError as err:
                 if err.code in self.retry_alone:
-                    await asyncio.gather(*(self._serve_alone(m) for m in group))
+                    # Each in its caller's context (the leader's is the current one).
+                    lead = group[0].leader or group[0]
+                    await asyncio.gather(*(
+                        self._serve_alone(m) if m is lead else asyncio.create_task(self._serve_alone(m), context=m.context)
+                        for m in group
+                    ))
                 else:
                     for m in group:  # one exception object per caller: tracebacks stay apart
                         _fail(m.future, ServiceError(err.message, err.code))
