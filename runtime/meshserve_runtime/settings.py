@@ -94,4 +94,4 @@ class ServerSettings(BaseSettings):
     plaintext: bool = False
     """Explicitly allow plaintext gRPC off loopback where no TLS is configured (served port, gateway's upstream calls): behind a mesh that encrypts, or a trusted network."""
     health_port: int = Field(default=0, ge=0, le=65535)
-    """Extra plaintext port serving only grpc.health.v1, for probes that cannot speak TLS (kubelet); 0: none."""
+    """Extra plaintext port serving only grpc.health.v1, for the kubelet's probes: its own server, so it answers while the service port is at max_concurrent_rpcs or speaks TLS (the chart always sets it); 0: none."""

@@ -161,12 +161,17 @@ def test_probes_use_native_grpc_and_the_right_health_names(docs: list[Doc], valu
     for dep in by_kind(docs, "Deployment"):
         comp = component(dep)
         c = container(dep)
-        grpc_port = container_ports(dep)["grpc"]
+        # Always the health-only server, never the service port: a service at its concurrent-call
+        # limit refuses every call there (RESOURCE_EXHAUSTED), probes included, and would be
+        # restarted for being busy.
+        health_port = container_ports(dep)["health"]
+        assert health_port != container_ports(dep)["grpc"]
+        assert config_env(docs, dep)[f"{ENV_PREFIX[comp]}_HEALTH_PORT"] == str(health_port)
         for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
             probe = c[probe_name]
             assert set(probe) >= {"grpc", "periodSeconds", "failureThreshold"}
             assert not {"httpGet", "exec", "tcpSocket"} & set(probe)
-            assert probe["grpc"]["port"] == grpc_port, f"{dep['metadata']['name']} {probe_name} port"
+            assert probe["grpc"]["port"] == health_port, f"{dep['metadata']['name']} {probe_name} port"
         assert c["startupProbe"]["grpc"]["service"] == HEALTH_NAMES[comp]
         assert c["readinessProbe"]["grpc"]["service"] == HEALTH_NAMES[comp]
         assert c["livenessProbe"]["grpc"].get("service", "") == "", "liveness checks the overall health \"\""

@@ -65,10 +65,11 @@ def test_tls_off_is_plaintext_by_explicit_choice() -> None:
     docs = render({})
     for svc, dep in deployments(docs).items():
         p = ENV_PREFIX[svc]
-        assert tls_env(docs, dep) == {f"{p}_PLAINTEXT": "true"}, svc
-        assert probe_ports(dep) == {CONTRACT_PORTS[svc][0]}
+        assert tls_env(docs, dep) == {f"{p}_PLAINTEXT": "true", f"{p}_HEALTH_PORT": "8086"}, svc
+        # The probes use the health-only server with TLS off too (answered at the call limit).
+        assert probe_ports(dep) == {8086}
         assert tls_volume(dep) is None and tls_mount(dep["spec"]["template"]["spec"]) is None
-        assert "health" not in {port["name"] for port in container(dep)["ports"]}
+        assert "health" in {port["name"] for port in container(dep)["ports"]}
     test_pod = by_kind(docs, "Pod")[0]
     assert not any(e["name"].startswith("MESHSERVE_TEST_TLS") for e in test_pod["spec"]["containers"][0]["env"])
 
@@ -170,8 +171,8 @@ TEMPLATE_ERRORS = [
     ("TLS without a Secret", {"tls": {"enabled": True}}, "tls.enabled: set tls.existingSecret or tls.secrets.gateway"),
     ("a service without a Secret", {"tls": {"enabled": True, "secrets": {"gateway": "g", "features": "f", "preprocess": "p"}}},
      "tls.secrets.model"),
-    ("health port on a gRPC port", {"tls": {"enabled": True, "existingSecret": "s", "healthPort": 50053}},
-     "tls.healthPort (50053) must differ from preprocess.port"),
+    ("health port on a gRPC port", {"grpc": {"healthPort": 50053}},
+     "grpc.healthPort (50053) must differ from preprocess.port"),
 ]
 
 
@@ -188,7 +189,7 @@ def test_template_rejects(what: str, values: dict[str, Any], message: str) -> No
     [
         ({"tls": {"enabled": True, "existingSecret": "Not_A_Name"}}, "existingSecret"),
         ({"tls": {"secrets": {"router": "x"}}}, "secrets"),
-        ({"tls": {"healthPort": 0}}, "healthPort"),
+        ({"grpc": {"healthPort": 0}}, "healthPort"),
         ({"tls": {"mountPath": "relative/path"}}, "mountPath"),
         ({"tls": {"enable": True}}, "tls"),
     ],
@@ -202,7 +203,8 @@ def test_schema_rejects(values: dict[str, Any], where: str) -> None:
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize(
     "values",
-    [TLS_ON, {"tls": {"enabled": True, "secrets": {s: f"{s}-tls" for s in SERVICES}, "gatewayMutual": True, "healthPort": 9443}}],
+    [TLS_ON, {"tls": {"enabled": True, "secrets": {s: f"{s}-tls" for s in SERVICES}, "gatewayMutual": True},
+              "grpc": {"healthPort": 9443}}],
     ids=["shared-secret", "per-service-mutual"],
 )
 def test_tls_objects_validate_strict(values: dict[str, Any], version: str) -> None:

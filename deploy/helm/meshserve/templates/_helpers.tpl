@@ -372,7 +372,8 @@ retries:
 
 {{/*
 TLS of a workload (values: tls). Adds its settings to the env dict of configData.
-args: ctx (root, svc, track), env. TLS off: only MESHSERVE_<SVC>_PLAINTEXT, the explicit choice.
+args: ctx (root, svc, track), env. TLS off: only MESHSERVE_<SVC>_PLAINTEXT, the explicit choice (and
+the health port, which the probes use either way).
 */}}
 {{- define "meshserve.tlsEnv" -}}
 {{- $root := .ctx.root -}}
@@ -381,6 +382,7 @@ args: ctx (root, svc, track), env. TLS off: only MESHSERVE_<SVC>_PLAINTEXT, the 
 {{- $p := (index (include "meshserve.meta" .ctx | fromYaml) $svc).envPrefix -}}
 {{- $env := .env -}}
 {{- $_ := set $env (printf "%s_PLAINTEXT" $p) (ternary "false" (toString $t.plaintext) $t.enabled) -}}
+{{- $_ := set $env (printf "%s_HEALTH_PORT" $p) (toString $root.Values.grpc.healthPort) -}}
 {{- if $t.enabled -}}
 {{- $dir := trimSuffix "/" $t.mountPath -}}
 {{- $_ := set $env (printf "%s_TLS_CERT_FILE" $p) (printf "%s/tls.crt" $dir) -}}
@@ -388,7 +390,6 @@ args: ctx (root, svc, track), env. TLS off: only MESHSERVE_<SVC>_PLAINTEXT, the 
 {{- if ternary $t.gatewayMutual $t.mutual (eq $svc "gateway") -}}
 {{- $_ := set $env (printf "%s_TLS_CLIENT_CA_FILE" $p) (printf "%s/ca.crt" $dir) -}}
 {{- end -}}
-{{- $_ := set $env (printf "%s_HEALTH_PORT" $p) (toString $t.healthPort) -}}
 {{- if eq $svc "gateway" -}}
 {{- $_ := set $env (printf "%s_UPSTREAM_TLS_CA_FILE" $p) (printf "%s/ca.crt" $dir) -}}
 {{- if $t.mutual -}}
@@ -410,13 +411,10 @@ args: ctx (root, svc, track), env. TLS off: only MESHSERVE_<SVC>_PLAINTEXT, the 
 {{- end -}}
 {{- end -}}
 
-{{/* Port of a service's kubelet gRPC probes: the plaintext health port while TLS is on. ctx: root, svc. */}}
+{{/* Port of a service's kubelet gRPC probes: always the plaintext health-only server
+(answered at the concurrent-call limit, and with TLS on). ctx: root, svc. */}}
 {{- define "meshserve.probePort" -}}
-{{- if .root.Values.tls.enabled -}}
-{{- .root.Values.tls.healthPort -}}
-{{- else -}}
-{{- (index .root.Values .svc).port -}}
-{{- end -}}
+{{- .root.Values.grpc.healthPort -}}
 {{- end -}}
 
 {{/* Standard OpenTelemetry variables of a workload into the dict .env. ctx: workload context. */}}

@@ -60,10 +60,13 @@ Included from validate.yaml, which renders nothing.
 {{- if not (include "meshserve.tlsSecret" (dict "root" $root "svc" $svc)) -}}
 {{- fail (printf "tls.enabled: set tls.existingSecret or tls.secrets.%s (a Secret with ca.crt, tls.crt, tls.key)" $svc) -}}
 {{- end -}}
-{{- $v := index $root.Values $svc -}}
-{{- if or (eq (int $tls.healthPort) (int $v.port)) (eq (int $tls.healthPort) (int $v.metricsPort)) -}}
-{{- fail (printf "tls.healthPort (%d) must differ from %s.port and %s.metricsPort" (int $tls.healthPort) $svc $svc) -}}
 {{- end -}}
+{{- end -}}
+{{- range $svc := include "meshserve.services" . | fromYamlArray -}}
+{{- $v := index $root.Values $svc -}}
+{{- $hp := int $root.Values.grpc.healthPort -}}
+{{- if or (eq $hp (int $v.port)) (eq $hp (int $v.metricsPort)) -}}
+{{- fail (printf "grpc.healthPort (%d) must differ from %s.port and %s.metricsPort" $hp $svc $svc) -}}
 {{- end -}}
 {{- end -}}
 {{- if and (eq .Values.features.onlineStore "redis") (not .Values.features.redis.url) (not .Values.features.redis.existingSecret) -}}
