@@ -8,12 +8,12 @@ one line naming the variable to fix, not as a traceback after the work is done.
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from meshserve_feature_repo.config import FeastSettings
+from meshserve_runtime.redact import redact_connection_string
 from meshserve_runtime.settings import setting_name
 from meshserve_training.settings import TrainingSettings
 
@@ -80,11 +80,6 @@ def check_local_dirs(settings: TrainingSettings, stores: Sequence[FeastSettings]
         raise PreflightError(f"{HOME_ENV}={home}: {path} is not a writable directory ({problem}); set {HOME_ENV} to a writable directory")
 
 
-def redacted(connection_string: str) -> str:
-    """A Feast Redis connection string with its password replaced by ***."""
-    return re.sub(r"(?i)(password=)[^,]*", r"\1***", connection_string)
-
-
 def redis_problem(store: FeastSettings) -> str | None:
     """None when the store's Redis answers PING (with the connection Feast would open); else why not."""
     from feast.infra.online_stores.redis import RedisOnlineStore
@@ -116,7 +111,7 @@ def check_online_stores(feast: FeastSettings, extra_stores: Sequence[FeastSettin
         problem = redis_problem(store)
         if problem is not None:
             raise PreflightError(
-                f"the Redis online store at {redacted(store.redis_url)} does not answer ({problem}); "
+                f"the Redis online store at {redact_connection_string(store.redis_url)} does not answer ({problem}); "
                 f"start Redis there or set {variable} to a reachable one"
             )
 
