@@ -150,8 +150,8 @@ class _Job:
 
 
 def key_value_field(dtype: Any) -> str:
-    """The ValueProto field Feast serializes a join key of this type as (the types
-    store._key_kind accepts)."""
+    """The ValueProto field Feast serializes a join key of this type as: the one table of
+    the join-key types meshserve serves (store._key_kind derives the request column kind)."""
     from feast.types import Int32, Int64, String
 
     fields = {Int32: "int32_val", Int64: "int64_val", String: "string_val"}

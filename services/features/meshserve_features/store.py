@@ -35,7 +35,7 @@ from meshserve_feature_repo.config import FeastSettings
 from meshserve_runtime.errors import Unavailable
 
 from meshserve_features.cache import EntityCache
-from meshserve_features.direct import DirectReader, ReadPlan, numeric_values
+from meshserve_features.direct import DirectReader, ReadPlan, key_value_field, numeric_values
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -94,13 +94,9 @@ class FeatureBatch:
 
 
 def _key_kind(dtype: Any) -> str:
-    from feast.types import Int32, Int64, String
-
-    if dtype in (Int64, Int32):
-        return KEY_KIND_INT64
-    if dtype == String:
-        return KEY_KIND_STRING
-    raise RuntimeError(f"join key type {dtype} is not supported by meshserve")
+    """The frame column kind a join key of this Feast type arrives as (Int32 too comes as
+    int64 values); the supported types are direct.key_value_field's."""
+    return KEY_KIND_STRING if key_value_field(dtype) == "string_val" else KEY_KIND_INT64
 
 
 class OnlineFeatureStore:
@@ -165,8 +161,6 @@ class OnlineFeatureStore:
         )
 
     def _resolve(self, store: FeatureStore, fs: Any) -> ServiceSpec:
-        from feast.types import Int32
-
         features: list[str] = []
         ttls: list[float | None] = []
         keys: dict[str, str] = {}
@@ -178,7 +172,7 @@ class OnlineFeatureStore:
             ttl = fv.ttl.total_seconds() if fv.ttl else None
             for col in fv.entity_columns:
                 keys.setdefault(col.name, _key_kind(col.dtype))
-                if col.dtype == Int32:
+                if key_value_field(col.dtype) == "int32_val":
                     int32_keys.add(col.name)
             for f in proj.features:
                 features.append(f.name)
