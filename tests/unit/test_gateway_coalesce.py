@@ -622,3 +622,31 @@ def test_a_row_error_in_an_entity_group_names_the_callers_row() -> None:
     assert probs(first) == pytest.approx([expected(1000)], abs=1e-6)
     assert probs(ok) == pytest.approx([expected(1001), expected(1002)], abs=1e-6)
     assert isinstance(bad, InvalidArgument) and bad.message == "preprocess: row 2 column 'x' is negative"
+
+
+def test_a_queued_caller_is_answered_at_its_own_deadline_not_the_call_in_flights() -> None:
+    release = asyncio.Event()
+
+    async def run_one(item: int, deadline: Deadline) -> int:
+        await release.wait()
+        return item
+
+    async def run_group(items, deadline: Deadline) -> list[int]:  # noqa: ANN001
+        return list(items)
+
+    async def scenario() -> tuple[BaseException | None | str, list[int]]:
+        c: Coalescer[int, int] = Coalescer(run_one, run_group, max_delay_us=100, max_rows=256, stage="preprocess")
+        first = asyncio.ensure_future(c.submit("k", 1, 1, Deadline(5)))  # in flight, long deadline
+        await asyncio.sleep(0)
+        others = [asyncio.ensure_future(c.submit("k", i, 1, Deadline(5))) for i in (3, 4)]
+        short = asyncio.ensure_future(c.submit("k", 2, 1, Deadline(0.05)))
+        done, _ = await asyncio.wait({short}, timeout=1.0)  # the call in flight is still out
+        release.set()
+        outcome = short.exception() if done else "still queued"
+        if not done:
+            short.cancel()
+        return outcome, list(await asyncio.gather(first, *others))
+
+    short, rest = asyncio.run(scenario())
+    assert isinstance(short, DeadlineExceeded) and "preprocess" in short.message, short
+    assert rest == [1, 3, 4]  # the others were served, without the expired caller

@@ -26,7 +26,10 @@ Pipeline._score_once) is retried member by member, so only the guilty caller see
 any other status (UNAVAILABLE, FAILED_PRECONDITION...) is about the stage, not the
 rows, and fails every member with that status.
 Deadline: the group call runs under the earliest member deadline (no member is kept
-past its own); members with time left that lose to it are retried alone.
+past its own); members with time left that lose to it are retried alone. A queued
+caller is answered DEADLINE_EXCEEDED at its own deadline too: the call it waits behind
+may run under a later deadline (or hang until one), and gRPC's bare client-side timer
+would otherwise answer it, naming no stage.
 Context (trace, log fields): each member keeps a copy of its caller's contextvars. A
 group's call runs in its leader's context (the first member whose trace is recorded, else
 the first member), never in that of whoever
@@ -48,7 +51,7 @@ from typing import Generic, TypeVar
 import grpc
 from opentelemetry import trace
 
-from meshserve_runtime.errors import ServiceError
+from meshserve_runtime.errors import DeadlineExceeded, ServiceError
 from meshserve_runtime.tracing import tracer
 
 from meshserve_gateway.deadline import Deadline
@@ -81,6 +84,9 @@ class _Lane(Generic[T, R]):
     rows: int = 0
     in_flight: int = 0
     timer: asyncio.TimerHandle | None = None
+    # Latest deadline end of the calls sent on the lane while it stayed in use: a caller
+    # queued with an earlier end may outwait its own deadline (see Coalescer.submit).
+    busy_until: float = 0.0
 
 
 class Coalescer(Generic[T, R]):
@@ -98,6 +104,7 @@ class Coalescer(Generic[T, R]):
         retry_alone: frozenset[grpc.StatusCode] = DEFAULT_RETRY_ALONE,
         on_dispatch: Callable[[int, int], None] | None = None,
         stage: str = "",
+        hop: str = "",
     ) -> None:
         self._run_one = run_one
         self._run_group = run_group
@@ -108,6 +115,9 @@ class Coalescer(Generic[T, R]):
         # Called with (callers, rows) for every internal call the coalescer makes (metrics).
         self._on_dispatch = on_dispatch
         self.stage = stage  # names the stage on the `gateway.coalesced` spans
+        # What a caller queued past its deadline is told it waited for.
+        self._late = (f"deadline exceeded while queued for {hop or stage or 'the stage'} "
+                      "behind a call in flight (slow or overloaded)")
         self._lanes: dict[Hashable, _Lane[T, R]] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # strong refs: a running group is never GC'd
         self.groups = 0  # internal calls made for more than one caller (for tests/metrics)
@@ -128,6 +138,7 @@ class Coalescer(Generic[T, R]):
         if lane.in_flight == 0 and not lane.queue:
             # Idle lane: go now. The caller's own task runs the call (no hand-off cost).
             lane.in_flight += 1
+            lane.busy_until = max(lane.busy_until, deadline.end)
             if self._on_dispatch is not None:
                 self._on_dispatch(callers, rows)
             try:
@@ -135,7 +146,8 @@ class Coalescer(Generic[T, R]):
             finally:
                 lane.in_flight -= 1
                 self._on_idle(key, lane)
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
         current = trace.get_current_span()  # an existing object (INVALID_SPAN when tracing is off)
         member = _Member(item, rows, deadline, future, contextvars.copy_context(), current, callers)
         # Tracing off or this trace not sampled: no span is recorded, nothing more per call.
@@ -147,16 +159,27 @@ class Coalescer(Generic[T, R]):
         if lane.rows >= self.max_rows:
             self._flush(key)  # a full group goes at once, busy stage or not: bounded wait
         elif lane.timer is None and lane.in_flight < self.max_in_flight:
-            lane.timer = asyncio.get_running_loop().call_later(self.max_delay_s, self._on_timer, key)
-        if not recorded:
-            return await future
+            lane.timer = loop.call_later(self.max_delay_s, self._on_timer, key)
+        # A call in flight under a later deadline may keep this caller past its own (its group's
+        # call runs under the earliest): answer it then, naming the stage; its group drops or
+        # ignores it. Only then is a timer armed (~5 us): callers of one timeout arrive in
+        # deadline order, so under steady load nobody queues behind a later deadline.
+        expiry = None
+        if deadline.end < lane.busy_until:
+            expiry = loop.call_later(max(deadline.end - time.monotonic(), 0.0), _expire, future, self._late)
         try:
-            result = await future
-        except BaseException as err:
-            self._trace_member(member, err)
-            raise
-        self._trace_member(member, None)
-        return result
+            if not recorded:
+                return await future
+            try:
+                result = await future
+            except BaseException as err:
+                self._trace_member(member, err)
+                raise
+            self._trace_member(member, None)
+            return result
+        finally:
+            if expiry is not None:
+                expiry.cancel()
 
     def _trace_member(self, m: _Member[T, R], err: BaseException | None) -> None:
         """A member served by another caller's call: in its own trace, a `gateway.coalesced`
@@ -223,6 +246,8 @@ class Coalescer(Generic[T, R]):
 
     def _start(self, key: Hashable, lane: _Lane[T, R], group: list[_Member[T, R]]) -> None:
         lane.in_flight += 1
+        # Members retried alone run under their own deadlines, so the latest one bounds the call.
+        lane.busy_until = max(lane.busy_until, max(m.deadline.end for m in group))
         if self._on_dispatch is not None:
             self._on_dispatch(sum(m.callers for m in group), sum(m.rows for m in group))
         # The leader: the first member whose trace is recorded (so a sampled caller's link
@@ -284,3 +309,7 @@ class Coalescer(Generic[T, R]):
 def _fail(future: asyncio.Future[R], err: BaseException) -> None:
     if not future.done():
         future.set_exception(err)
+
+
+def _expire(future: asyncio.Future[R], message: str) -> None:
+    _fail(future, DeadlineExceeded(message))  # one exception object per caller

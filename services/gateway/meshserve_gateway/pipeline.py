@@ -117,11 +117,11 @@ class Pipeline:
         score_callers = COALESCED_CALLERS.labels("score")
         self.features_coalescer: Coalescer[types_pb2.Frame, features_pb2.GetOnlineFeaturesResponse | _FeaturesShare] = Coalescer(
             self._fetch, self._fetch_group, **knobs, on_dispatch=lambda callers, _rows: features_callers.observe(callers),
-            stage="features",
+            stage="features", hop="features",
         )
         self.score_coalescer: Coalescer[types_pb2.Frame, Scored] = Coalescer(
             self._score_chunked, self._score_group, **knobs, on_dispatch=lambda callers, _rows: score_callers.observe(callers),
-            stage="score",
+            stage="score", hop="preprocess and model",
         )
 
     def _check_batch(self, rows: Sequence[types_pb2.Row], field: str) -> None:
