@@ -83,6 +83,49 @@ async def test_bad_requests_get_invalid_argument(servicer: InferenceServicer, mu
     assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def _shared_memory_input(req: v2.ModelInferRequest) -> None:
+    # What tritonclient's InferInput.set_shared_memory() sends: parameters, and no data.
+    del req.raw_input_contents[:]
+    req.inputs[0].parameters["shared_memory_region"].string_param = "in0"
+    req.inputs[0].parameters["shared_memory_byte_size"].int64_param = 2 * N_FEATURES * 4
+
+
+def _shared_memory_output(req: v2.ModelInferRequest) -> None:
+    out = req.outputs.add(name="probability")  # InferRequestedOutput.set_shared_memory()
+    out.parameters["shared_memory_region"].string_param = "out0"
+    out.parameters["shared_memory_byte_size"].int64_param = 8
+
+
+def _classification(req: v2.ModelInferRequest) -> None:
+    req.outputs.add(name="probability").parameters["classification"].int64_param = 1  # class_count=1
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        # Was refused as "contents.fp32_contents has 0 values", which did not say why.
+        (_shared_memory_input, "shared memory region 'in0'.*does not implement the shared-memory extension"),
+        # Was answered inline while the caller would read its region.
+        (_shared_memory_output, "shared memory region 'out0'.*does not implement the shared-memory extension"),
+        # Was answered with the FP32 probabilities instead of the BYTES classes asked for.
+        (_classification, r"classification \(class count 1\).*does not implement the classification extension"),
+    ],
+)
+async def test_unimplemented_extensions_are_refused_not_ignored(servicer: InferenceServicer, mutate, message: str) -> None:
+    req = _request(np.zeros((2, N_FEATURES), np.float32))
+    mutate(req)
+    with pytest.raises(InvalidArgument, match=message) as info:
+        await servicer.ModelInfer(req, None)
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_other_tensor_parameters_are_still_accepted(servicer: InferenceServicer) -> None:
+    req = _request(np.zeros((2, N_FEATURES), np.float32))
+    req.inputs[0].parameters["note"].string_param = "x"
+    req.outputs.add(name="probability").parameters["binary_data"].bool_param = True  # HTTP's; no meaning on gRPC
+    assert list((await servicer.ModelInfer(req, None)).outputs[0].shape) == [2, 1]
+
+
 async def test_nan_and_batch_limit(servicer: InferenceServicer) -> None:
     with pytest.raises(InvalidArgument, match="NaN"):
         await servicer.ModelInfer(_request(np.full((1, N_FEATURES), np.nan, np.float32)), None)

@@ -18,6 +18,12 @@ _TYPED_FIELDS = (
     "uint64_contents", "fp32_contents", "fp64_contents", "bytes_contents",
 )
 
+# Tensor parameters of protocol extensions this server does not implement (ServerMetadata lists
+# none). Each changes where the data is or what an output means, so ignoring one would answer
+# something else than asked: Triton's client sends them for set_shared_memory() and class_count.
+_SHARED_MEMORY_REGION = "shared_memory_region"
+_CLASSIFICATION = "classification"
+
 
 def decode_input(request: v2.ModelInferRequest, num_features: int, max_rows: int) -> tuple[np.ndarray, bool]:
     """Return the FP32 [n, num_features] input and whether it came as raw bytes."""
@@ -26,6 +32,13 @@ def decode_input(request: v2.ModelInferRequest, num_features: int, max_rows: int
     tensor = request.inputs[0]
     if tensor.name != INPUT_NAME:
         raise InvalidArgument(f"unknown input {tensor.name!r}: this model takes one input named {INPUT_NAME!r}")
+    if _SHARED_MEMORY_REGION in tensor.parameters:
+        # Without this check the empty contents would be refused as "0 values", which hides why.
+        raise InvalidArgument(
+            f"input {INPUT_NAME!r} refers to shared memory region "
+            f"{tensor.parameters[_SHARED_MEMORY_REGION].string_param!r}, but this server does not implement the "
+            "shared-memory extension; send the data in the request (raw_input_contents or contents)"
+        )
     if tensor.datatype != "FP32":
         raise InvalidArgument(f"input {INPUT_NAME!r} must have datatype FP32, got {tensor.datatype!r}")
     shape = list(tensor.shape)
@@ -85,6 +98,22 @@ def check_requested_outputs(request: v2.ModelInferRequest) -> None:
     for out in request.outputs:
         if out.name != OUTPUT_NAME:
             raise InvalidArgument(f"unknown output {out.name!r}: this model produces {OUTPUT_NAME!r}")
+        if not out.parameters:
+            continue  # the common case: no per-output parameters to look at
+        if _SHARED_MEMORY_REGION in out.parameters:
+            # Answering inline would leave the caller reading its (unwritten) region.
+            raise InvalidArgument(
+                f"output {out.name!r} asks to be written to shared memory region "
+                f"{out.parameters[_SHARED_MEMORY_REGION].string_param!r}, but this server does not implement the "
+                "shared-memory extension; request the output without a region to get it in the response"
+            )
+        if _CLASSIFICATION in out.parameters:
+            # Answering with the FP32 probabilities would hand a BYTES-expecting caller other data.
+            raise InvalidArgument(
+                f"output {out.name!r} asks for classification (class count "
+                f"{out.parameters[_CLASSIFICATION].int64_param}), but this server does not implement the "
+                "classification extension; request the output without a class count to get the probabilities"
+            )
 
 
 def encode_output(response: v2.ModelInferResponse, probabilities: np.ndarray, raw: bool) -> None:
