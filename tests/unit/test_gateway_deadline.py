@@ -5,6 +5,8 @@ client-side "Deadline Exceeded"."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 import pytest
@@ -14,6 +16,26 @@ from meshserve_runtime.interceptors import ServerInterceptor
 
 from meshserve_gateway.pipeline import Pipeline
 from meshserve_gateway.servicer import PredictionServicer
+
+
+@asynccontextmanager
+async def gateway(pipeline: Pipeline) -> AsyncIterator[prediction_pb2_grpc.PredictionServiceStub]:
+    """The gateway's servicer over `pipeline`, on a real gRPC server, and a stub to call it."""
+    server = grpc.aio.server(interceptors=[ServerInterceptor("gateway")])
+    prediction_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(pipeline, default_timeout_s=5.0), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield prediction_pb2_grpc.PredictionServiceStub(channel)
+    finally:
+        await server.stop(None)
+
+
+def one_row() -> types_pb2.Row:
+    row = types_pb2.Row()
+    row.values["x"].double_value = 0.5
+    return row
 
 
 class HungPreprocess:
@@ -27,21 +49,11 @@ class HungPreprocess:
 @pytest.mark.parametrize("caller_timeout", [0.3, 1.0])
 async def test_a_caller_deadline_is_answered_by_the_gateway_naming_the_slow_hop(caller_timeout: float) -> None:
     pipeline = Pipeline(None, HungPreprocess(), None, "m", 1000)  # type: ignore[arg-type]
-    server = grpc.aio.server(interceptors=[ServerInterceptor("gateway")])
-    prediction_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(pipeline, default_timeout_s=5.0), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            row = types_pb2.Row()
-            row.values["x"].double_value = 0.5
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await prediction_pb2_grpc.PredictionServiceStub(channel).Predict(
-                    prediction_pb2.PredictRequest(rows=[row]), timeout=caller_timeout)
-        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "preprocess" in (info.value.details() or ""), info.value.details()  # the server's answer, not the client timer's
-    finally:
-        await server.stop(None)
+    async with gateway(pipeline) as stub:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Predict(prediction_pb2.PredictRequest(rows=[one_row()]), timeout=caller_timeout)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "preprocess" in (info.value.details() or ""), info.value.details()  # the server's answer, not the client timer's
 
 
 class SlowPreprocess:
@@ -58,21 +70,11 @@ async def test_a_caller_queued_behind_a_longer_call_is_answered_at_its_own_deadl
     pipeline = Pipeline(
         None, SlowPreprocess(), None, "m", 1000, coalesce_max_delay_us=1000, coalesce_max_rows=256,  # type: ignore[arg-type]
     )
-    server = grpc.aio.server(interceptors=[ServerInterceptor("gateway")])
-    prediction_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(pipeline, default_timeout_s=5.0), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = prediction_pb2_grpc.PredictionServiceStub(channel)
-            row = types_pb2.Row()
-            row.values["x"].double_value = 0.5
-            first = asyncio.ensure_future(stub.Predict(prediction_pb2.PredictRequest(rows=[row]), timeout=5))
-            await asyncio.sleep(0.1)  # the first call is in flight on the lane
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                await stub.Predict(prediction_pb2.PredictRequest(rows=[row]), timeout=0.3)
-            first.cancel()
-        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "preprocess" in (info.value.details() or ""), info.value.details()  # the server's answer, not the client timer's
-    finally:
-        await server.stop(None)
+    async with gateway(pipeline) as stub:
+        first = asyncio.ensure_future(stub.Predict(prediction_pb2.PredictRequest(rows=[one_row()]), timeout=5))
+        await asyncio.sleep(0.1)  # the first call is in flight on the lane
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Predict(prediction_pb2.PredictRequest(rows=[one_row()]), timeout=0.3)
+        first.cancel()
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "preprocess" in (info.value.details() or ""), info.value.details()  # the server's answer, not the client timer's
