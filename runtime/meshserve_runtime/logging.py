@@ -36,8 +36,24 @@ class TraceContextFilter(logging.Filter):
         return True
 
 
+#: Attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
+#: Added by TraceContextFilter; _PlainFormatter.format places them itself.
+_CONTEXT_ATTRS = frozenset({"trace_id", "span_id", "caller"})
+
+
 class _PlainFormatter(logging.Formatter):
-    """Text lines for a terminal, with the trace id when there is one."""
+    """Text lines for a terminal: the message, its `extra=` fields as key=value, the trace id when there is one."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # The `extra=` fields as key=value after the message: they carry what a line is
+        # about (the listening address, an access-log line's method and code, a digest
+        # mismatch's digests), so dropping them would leave bare words like "rpc".
+        line = super().formatMessage(record)
+        extras = [
+            f"{k}={_plain_value(v)}" for k, v in record.__dict__.items() if k not in _RECORD_ATTRS and k not in _CONTEXT_ATTRS
+        ]
+        return f"{line} {' '.join(extras)}" if extras else line
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -46,6 +62,13 @@ class _PlainFormatter(logging.Formatter):
         if caller:
             line = f"{line} caller={caller}"
         return f"{line} trace_id={trace_id}" if trace_id else line
+
+
+def _plain_value(value: object) -> str:
+    """A value of a key=value pair; a string is quoted when it holds a space (or is empty)."""
+    if isinstance(value, str) and (not value or any(c.isspace() for c in value)):
+        return repr(value)
+    return str(value)
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
