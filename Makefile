@@ -17,6 +17,9 @@ help:  ## list targets
 install: $(VENV)/.installed  ## create the venv and install everything (pinned)
 
 $(VENV)/.installed: requirements/constraints.txt requirements/dev.txt $(wildcard */pyproject.toml services/*/pyproject.toml gen/python/pyproject.toml)
+	@# Checked before the venv exists: a venv of the wrong Python would be kept by later runs.
+	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "meshserve needs Python 3.11+, and $(PYTHON) is $$($(PYTHON) -V 2>&1); name one: make $(or $(MAKECMDGOALS),install) PYTHON=python3.11" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c requirements/constraints.txt $(foreach p,$(PACKAGES),-e '$(p)') -r requirements/dev.txt
 	touch $@

@@ -136,6 +136,37 @@ def _int64(text: str) -> int:
     return value
 
 
+GATEWAY_TARGET_HELP = (
+    f"gateway address (default: as `meshserve up` runs it: 127.0.0.1:50051 plus ${PORT_OFFSET_ENV}, or MESHSERVE_GATEWAY_PORT/_HOST)"
+)
+
+
+def local_stack_config(port_offset: int) -> StackConfig:
+    """Where `meshserve up` places each service (MESHSERVE_<SVC>_PORT/_HOST, the port offset).
+    SystemExit(2) names a bad value."""
+    from meshserve_runtime.settings import meshserve_home
+
+    try:
+        return StackConfig.from_env(meshserve_home(), port_offset=port_offset)
+    except StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def gateway_target(args: argparse.Namespace) -> str:
+    """--target, else where `meshserve up` puts the gateway (MESHSERVE_GATEWAY_PORT/_HOST,
+    $MESHSERVE_LOCAL_PORT_OFFSET), as `meshserve health` finds it. SystemExit(2) names a bad value."""
+    if args.target:
+        return args.target
+    offset = os.environ.get(PORT_OFFSET_ENV, "").strip() or "0"
+    try:
+        port_offset = int(offset)
+    except ValueError:
+        print(f"error: {PORT_OFFSET_ENV}={offset!r}: expected an integer", file=sys.stderr)
+        raise SystemExit(2) from None
+    return local_stack_config(port_offset).target("gateway")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     if len(args.driver) != len(args.customer):
         print("give one --customer per --driver", file=sys.stderr)
@@ -145,7 +176,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         row = request.entities.add()
         row.values["driver_id"].int64_value = d
         row.values["customer_id"].int64_value = c
-    with _channel(args, args.target) as channel:
+    with _channel(args, gateway_target(args)) as channel:
         try:
             reply = prediction_pb2_grpc.PredictionServiceStub(channel).PredictEntities(
                 request, timeout=args.timeout, metadata=_credentials(args)
@@ -160,9 +191,14 @@ def cmd_predict_rows(args: argparse.Namespace) -> int:
     for text in args.row:
         row = request.rows.add()
         for pair in text.split(","):
-            name, _, value = pair.partition("=")
+            name, eq, value = pair.partition("=")
+            if not eq or not name.strip():
+                # A usage error (exit 2), not a null value the server would then refuse
+                # as a missing or unknown column.
+                print(f"--row {text!r}: {pair!r} is not name=value (name=null or name= for a missing value)", file=sys.stderr)
+                return 2
             row.values[name.strip()].CopyFrom(_value(value.strip()))
-    with _channel(args, args.target) as channel:
+    with _channel(args, gateway_target(args)) as channel:
         try:
             reply = prediction_pb2_grpc.PredictionServiceStub(channel).Predict(
                 request, timeout=args.timeout, metadata=_credentials(args)
@@ -175,13 +211,7 @@ def cmd_predict_rows(args: argparse.Namespace) -> int:
 def health_targets(args: argparse.Namespace) -> dict[str, str]:
     """Where each service is: found as `meshserve up` places them (MESHSERVE_<SVC>_PORT/_HOST,
     --port-offset), then --host and --target. SystemExit(2) names a bad value."""
-    from meshserve_runtime.settings import meshserve_home
-
-    try:
-        config = StackConfig.from_env(meshserve_home(), port_offset=args.port_offset)
-    except StackError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    config = local_stack_config(args.port_offset)
     targets = {s: f"{args.host}:{config.ports[s]}" if args.host else config.target(s) for s in DEFAULT_PORTS}
     for item in args.target:
         service, _, address = item.partition("=")
@@ -229,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("predict", help="score entity rows (features from the online store)")
     p.add_argument("--driver", type=_int64, action="append", required=True)
     p.add_argument("--customer", type=_int64, action="append", required=True)
-    p.add_argument("--target", default="127.0.0.1:50051", help="gateway address")
+    p.add_argument("--target", default=None, help=GATEWAY_TARGET_HELP)
     p.add_argument("--timeout", type=float, default=10.0)
     _add_credential_args(p)
     _add_tls_args(p)
@@ -237,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("predict-rows", help="score raw feature rows (no feature store)")
     p.add_argument("--row", action="append", required=True, help="name=value,name=value,...")
-    p.add_argument("--target", default="127.0.0.1:50051", help="gateway address")
+    p.add_argument("--target", default=None, help=GATEWAY_TARGET_HELP)
     p.add_argument("--timeout", type=float, default=10.0)
     _add_credential_args(p)
     _add_tls_args(p)

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,22 +295,27 @@ class Stack:
                 return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-    def wait_ready(self, timeout: float = 240.0) -> None:
+    def wait_ready(self, timeout: float = 240.0, should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Wait until every process is SERVING (True), or should_stop() says to give up (False:
+        Ctrl-C while a service is still loading, which may take minutes or never end)."""
         deadline = time.monotonic() + timeout
         waiting = set(self.procs)
         while waiting:
             for service in sorted(waiting):
+                if should_stop():
+                    return False
                 proc = self.procs[service]
                 if proc.poll() is not None:
                     raise StackError(f"{service} exited with code {proc.returncode}:\n{self.log_tail(service)}")
                 if self.is_serving(service):
                     waiting.discard(service)
             if not waiting:
-                return
+                return True
             if time.monotonic() > deadline:
                 tails = "\n".join(f"--- {s}\n{self.log_tail(s)}" for s in sorted(waiting))
                 raise StackError(f"not ready after {timeout:.0f}s: {sorted(waiting)}\n{tails}")
             time.sleep(0.25)
+        return True
 
     def stop(self, timeout: float = 20.0) -> dict[str, int | None]:
         """SIGTERM every process (gateway first, so it stops taking calls), then wait."""
@@ -448,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meshserve up: {err}", file=sys.stderr)
         return 1
     try:
-        stack.wait_ready()
+        if not stack.wait_ready(should_stop=lambda: stop):
+            return 130  # Ctrl-C before every service was ready: the finally stops them
         venv = str(Path(sys.executable).parent) + "/"
         if tls is None:
             tls_note, predict_args, grpcurl_tls = "", "", "-plaintext"
