@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def stack_config(grpc_ports: list[int], metrics_ports: list[int], env: dict[str, str]) -> StackConfig:
         return StackConfig(home=s.home, online_store="redis", redis_url=s.redis_url,
-                           ports=dict(zip(names, grpc_ports)), metrics_ports=dict(zip(names, metrics_ports)),
+                           ports=dict(zip(names, grpc_ports, strict=True)),
+                           metrics_ports=dict(zip(names, metrics_ports, strict=True)),
                            extra_env={n: {f"MESHSERVE_{n.upper()}_LOG_LEVEL": "WARNING", **env} for n in names})
 
     config = stack_config(ports[:4], ports[4:8], tracing_on)
@@ -151,12 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     off_gw = off_config.target("gateway")
     obs_cells = []
     for conc in (64, 1):
-        for rep, mode in enumerate(("on", "off", "off", "on", "off", "on", "on", "off")):
-            obs_cells.append(cell(f"obs_{mode}_c{conc}_{rep // 2 + 1}", "predict_entities", gw if mode == "on" else off_gw, 1, conc, False))
+        for i, mode in enumerate(("on", "off", "off", "on", "off", "on", "on", "off")):
+            obs_cells.append(cell(f"obs_{mode}_c{conc}_{i // 2 + 1}", "predict_entities", gw if mode == "on" else off_gw, 1, conc, False))
     for c in obs_cells:
         c["metrics_url"] = None
         c["warmup"] = s.warmup_seconds
-    pick = (lambda cs: [c for c in cs if not only or c["name"] in only])
+
+    def pick(cs: list[dict]) -> list[dict]:
+        return [c for c in cs if not only or c["name"] in only]
+
     results: dict = {"cells": [], "floors": {}}
 
     with ExitStack() as stack:

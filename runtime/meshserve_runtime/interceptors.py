@@ -153,6 +153,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                         if code in _SERVER_ERROR_CODES:
                             rpc_span.set_status(Status(StatusCode.ERROR, code.name))
                     rpc_span.end()
+                if token is not None:
                     otel_context.detach(token)
 
         return grpc.unary_unary_rpc_method_handler(

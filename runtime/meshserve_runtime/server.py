@@ -139,26 +139,26 @@ class ServiceRunner:
         credentials = tls.credentials() if tls is not None else None
         # Before any handler runs, so every span goes to the configured exporter.
         configure_tracing(TRACE_SERVICE_NAMES.get(self.service.name, self.service.name))
-        self.server = grpc.aio.server(
+        self.server = server = grpc.aio.server(
             interceptors=[ServerInterceptor(self.service.name, access_log=s.access_log), *self.service.interceptors()],
             options=server_options(s),
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
         )
-        names = list(self.service.register(self.server))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = list(self.service.register(server))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, self.server)
+        reflection.enable_server_reflection(names, server)
         address = f"{s.host}:{s.port}"
         self.port = _bind(
-            lambda: self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address),
+            lambda: server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address),
             "gRPC", address, setting_name(s, "port"),
         )
         if s.health_port:
             # The same HealthServicer, so both ports always report the same status.
-            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=64)
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            self.health_server = health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)], maximum_concurrent_rpcs=64)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
             health_address = f"{s.host}:{s.health_port}"
-            self.health_port = _bind(lambda: self.health_server.add_insecure_port(health_address), "health", health_address, setting_name(s, "health_port"))
+            self.health_port = _bind(lambda: health_server.add_insecure_port(health_address), "health", health_address, setting_name(s, "health_port"))
         await self.health.set(self.service.name, NOT_SERVING)
         READY.labels(self.service.name).set(0)
         # Bound before the gRPC server starts, so a taken port stops a process with nothing running.

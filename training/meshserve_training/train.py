@@ -155,7 +155,7 @@ def train(
             timer.lap("refresh_features")
             return TrainResult(None, seconds=timer.seconds, materialized=done)
 
-    files, store, ts = build_dataset(settings, feast)
+    files, _store, ts = build_dataset(settings, feast)
     timer.lap("data_feast_training_set")
     pre, xt, xv, y_train, y_val = fit_preprocessor(settings, ts)
 

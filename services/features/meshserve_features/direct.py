@@ -267,11 +267,13 @@ class DirectReader:
         concurrency 1 here (make bench), far more than the read itself.
         """
         job = self._prepare(plan, keys, n_features)
-        replies: list[Any] | None = []
+        replies: list[Any] = []
         if any(job.redis_keys):
             client = await self.async_client()
-            replies = await self._read_by_script(client, plan, job) if self.use_script else None
-            if replies is None:
+            by_script = await self._read_by_script(client, plan, job) if self.use_script else None
+            if by_script is not None:
+                replies = by_script
+            else:
                 async with client.pipeline(transaction=False) as pipe:
                     for redis_key, fields in job.hmgets():
                         pipe.hmget(redis_key, fields)

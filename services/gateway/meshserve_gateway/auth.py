@@ -247,8 +247,9 @@ class ApiKeyAuthenticator:
     def __init__(self, keys_file: Path, *, reload_check_s: float = RELOAD_CHECK_S) -> None:
         # At start-up a file without keys is a mistake (refuse to start); once running, emptying
         # or deleting it revokes every key (fail closed), rather than keeping the old ones.
-        self._keys = WatchedFile(keys_file, parse_api_keys, reload_check_s,
-                                 reparse=lambda data: parse_api_keys(data, allow_empty=True), missing=())
+        self._keys: WatchedFile[tuple[tuple[bytes, str], ...]] = WatchedFile(
+            keys_file, parse_api_keys, reload_check_s, reparse=lambda data: parse_api_keys(data, allow_empty=True), missing=(),
+        )
 
     def authenticate(self, metadata: Metadata | None) -> Caller:
         keys = _values(metadata, API_KEY_METADATA)

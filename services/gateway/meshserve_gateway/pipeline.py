@@ -112,15 +112,16 @@ class Pipeline:
         # in use, and never let a good new one take over).
         self._pin = ""
         self._pin_until = 0.0
-        knobs = {"max_delay_us": coalesce_max_delay_us, "max_rows": coalesce_max_rows, "max_in_flight": coalesce_max_in_flight}
         features_callers = COALESCED_CALLERS.labels("features")
         score_callers = COALESCED_CALLERS.labels("score")
         self.features_coalescer: Coalescer[types_pb2.Frame, features_pb2.GetOnlineFeaturesResponse | _FeaturesShare] = Coalescer(
-            self._fetch, self._fetch_group, **knobs, on_dispatch=lambda callers, _rows: features_callers.observe(callers),
+            self._fetch, self._fetch_group, max_delay_us=coalesce_max_delay_us, max_rows=coalesce_max_rows,
+            max_in_flight=coalesce_max_in_flight, on_dispatch=lambda callers, _rows: features_callers.observe(callers),
             stage="features", hop="features",
         )
         self.score_coalescer: Coalescer[types_pb2.Frame, Scored] = Coalescer(
-            self._score_chunked, self._score_group, **knobs, on_dispatch=lambda callers, _rows: score_callers.observe(callers),
+            self._score_chunked, self._score_group, max_delay_us=coalesce_max_delay_us, max_rows=coalesce_max_rows,
+            max_in_flight=coalesce_max_in_flight, on_dispatch=lambda callers, _rows: score_callers.observe(callers),
             stage="score", hop="preprocess and model",
         )
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
@@ -38,7 +39,7 @@ def main() -> None:
     artifact = resolve_alias(s.mlflow_tracking_uri, s.model_name, s.alias)
     mlflow.set_tracking_uri(s.mlflow_tracking_uri)
     pt2 = mlflow.pytorch.load_model(artifact.uri, map_location="cpu")
-    variants: dict[str, torch.nn.Module] = {"pt2 (MLflow default, torch.export)": pt2}
+    variants: dict[str, Callable[[torch.Tensor], object]] = {"pt2 (MLflow default, torch.export)": pt2}
     state = {k: v for k, v in pt2.state_dict().items()}
     n_in = next(v for k, v in state.items() if k.endswith("weight")).shape[1]
     try:  # the eager equivalent needs the training code (bench only; serving never imports it)
@@ -57,14 +58,14 @@ def main() -> None:
         if name.startswith(("pt2", "eager")):
             variants[f"torch.compile({name.split(' ')[0]})"] = torch.compile(variants[name], dynamic=True)
     print(f"model {artifact.uri}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print(f"| variant | batch 1 (us) | batch 64 (us) |\n|---|---|---|")
+    print("| variant | batch 1 (us) | batch 64 (us) |\n|---|---|---|")
     for name, module in variants.items():
         cells = []
         for n in (1, 64):
             x = torch.randn(n, n_in)
             with torch.inference_mode():
                 try:
-                    cells.append(f"{_median_us(lambda: module(x)):.1f}")
+                    cells.append(f"{_median_us(partial(module, x)):.1f}")
                 except Exception as err:  # noqa: BLE001
                     cells.append(f"failed: {type(err).__name__}")
         print(f"| {name} | {cells[0]} | {cells[1]} |")
