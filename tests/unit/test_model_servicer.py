@@ -63,26 +63,6 @@ async def test_raw_and_typed_give_the_same_answer_in_the_same_form(servicer: Inf
     assert list(raw.outputs[0].shape) == [4, 1]
 
 
-@pytest.mark.parametrize(
-    "mutate, message",
-    [
-        (lambda r: r.inputs[0].__setattr__("datatype", "FP64"), "FP32"),
-        (lambda r: r.inputs[0].__setattr__("name", "x"), "unknown input"),
-        (lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 5), "needs 24"),
-        (lambda r: r.inputs[0].shape.__setitem__(1, 4), r"shape \[n, 3\]"),
-        (lambda r: r.outputs.add(name="logits"), "unknown output"),
-        (lambda r: r.inputs.add(name="input2", datatype="FP32", shape=[1, 3]), "exactly one input"),
-        (lambda r: r.inputs[0].contents.int64_contents.append(1), "not both"),
-    ],
-)
-async def test_bad_requests_get_invalid_argument(servicer: InferenceServicer, mutate, message: str) -> None:
-    req = _request(np.zeros((2, N_FEATURES), np.float32))
-    mutate(req)
-    with pytest.raises(InvalidArgument, match=message) as info:
-        await servicer.ModelInfer(req, None)
-    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
-
-
 def _shared_memory_input(req: v2.ModelInferRequest) -> None:
     # What tritonclient's InferInput.set_shared_memory() sends: parameters, and no data.
     del req.raw_input_contents[:]
@@ -103,15 +83,23 @@ def _classification(req: v2.ModelInferRequest) -> None:
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        # Was refused as "contents.fp32_contents has 0 values", which did not say why.
+        (lambda r: r.inputs[0].__setattr__("datatype", "FP64"), "FP32"),
+        (lambda r: r.inputs[0].__setattr__("name", "x"), "unknown input"),
+        (lambda r: r.raw_input_contents.__setitem__(0, b"\0" * 5), "needs 24"),
+        (lambda r: r.inputs[0].shape.__setitem__(1, 4), r"shape \[n, 3\]"),
+        (lambda r: r.outputs.add(name="logits"), "unknown output"),
+        (lambda r: r.inputs.add(name="input2", datatype="FP32", shape=[1, 3]), "exactly one input"),
+        (lambda r: r.inputs[0].contents.int64_contents.append(1), "not both"),
+        # Triton's extensions, refused, not ignored. Was refused as "contents.fp32_contents
+        # has 0 values", which did not say why:
         (_shared_memory_input, "shared memory region 'in0'.*does not implement the shared-memory extension"),
-        # Was answered inline while the caller would read its region.
+        # Was answered inline while the caller would read its region:
         (_shared_memory_output, "shared memory region 'out0'.*does not implement the shared-memory extension"),
-        # Was answered with the FP32 probabilities instead of the BYTES classes asked for.
+        # Was answered with the FP32 probabilities instead of the BYTES classes asked for:
         (_classification, r"classification \(class count 1\).*does not implement the classification extension"),
     ],
 )
-async def test_unimplemented_extensions_are_refused_not_ignored(servicer: InferenceServicer, mutate, message: str) -> None:
+async def test_bad_requests_get_invalid_argument(servicer: InferenceServicer, mutate, message: str) -> None:
     req = _request(np.zeros((2, N_FEATURES), np.float32))
     mutate(req)
     with pytest.raises(InvalidArgument, match=message) as info:
