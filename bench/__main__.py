@@ -158,6 +158,19 @@ def main(argv: list[str] | None = None) -> int:
         c["metrics_url"] = None
         c["warmup"] = s.warmup_seconds
 
+    # End to end against the empty chains, interleaved (the 1.5x target). Run apart, the two
+    # sides of that ratio were minutes apart on a machine whose speed drifts by a third
+    # within minutes (bench/NOTES.md, 2026-12-07); here the three alternate, four cells each,
+    # in an order that gives each side the same mean position, with all servers up.
+    e2e_cells = []
+    sides = {"e2e": ("predict_entities", gw), "pipeline": ("relay", relay3_t), "chain": ("relay", relay_t)}
+    for i, side in enumerate(("e2e", "pipeline", "chain", "chain", "pipeline", "e2e",
+                              "e2e", "pipeline", "chain", "chain", "pipeline", "e2e")):
+        kind, target = sides[side]
+        e2e_cells.append(cell(f"interleaved_{side}_c1_{i // 3 + 1}", kind, target, 1, 1, False))
+    for c in e2e_cells:
+        c["metrics_url"] = None
+
     def pick(cs: list[dict]) -> list[dict]:
         return [c for c in cs if not only or c["name"] in only]
 
@@ -169,6 +182,18 @@ def main(argv: list[str] | None = None) -> int:
         print("starting the stack (Redis online store, tracing exported at "
               f"{s.trace_sample_ratio:g} sampling)...", flush=True)
         stack.enter_context(Stack(config))
+        if pick(echo_cells) or pick(e2e_cells):
+            # Idle until their cells: a server waiting on epoll costs the others nothing.
+            echoes = [echo_t, *echo3_t]
+            servers = [(f"echo-{i + 1}", ["echo", t]) for i, t in enumerate(echoes)]
+            servers += [("relay", ["relay", relay_t, echo_t]), ("relay3", ["relay", relay3_t, *echoes])]
+            for log_name, (role, target, *downstream) in servers:
+                port = target.rsplit(":", 1)[1]
+                stack.callback(stop, spawn(["-m", "bench.echo", role, port, *downstream], logs / f"{log_name}.log"))
+            for t in echoes:
+                wait_serving(t, "bench.Echo")
+            for t in (relay_t, relay3_t):
+                wait_serving(t, "bench.Relay")
         print("matrix:", flush=True)
         results["cells"] += run_loadgen(pick(matrix), tmp, "matrix")
 
@@ -186,18 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             print("features service vs feast listen:", flush=True)
             results["cells"] += run_loadgen(pick(features_cells), tmp, "features")
 
-    if pick(echo_cells):
-        with ExitStack() as stack:
-            echoes = [echo_t, *echo3_t]
-            servers = [(f"echo-{i + 1}", ["echo", t]) for i, t in enumerate(echoes)]
-            servers += [("relay", ["relay", relay_t, echo_t]), ("relay3", ["relay", relay3_t, *echoes])]
-            for log_name, (role, target, *downstream) in servers:
-                port = target.rsplit(":", 1)[1]
-                stack.callback(stop, spawn(["-m", "bench.echo", role, port, *downstream], logs / f"{log_name}.log"))
-            for t in echoes:
-                wait_serving(t, "bench.Echo")
-            for t in (relay_t, relay3_t):
-                wait_serving(t, "bench.Relay")
+        if pick(e2e_cells):
+            print("end to end vs the empty echo chains at c=1, interleaved:", flush=True)
+            results["e2e_vs_echo"] = run_loadgen(pick(e2e_cells), tmp, "e2e")
+
+        if pick(echo_cells):
             print("gRPC floors through meshserve_runtime:", flush=True)
             results["cells"] += run_loadgen(pick(echo_cells), tmp, "echo")
 
