@@ -11,6 +11,7 @@ import copy
 import functools
 import importlib.util
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +23,9 @@ import helm_python  # helm-python-sdk (requirements/dev.txt)
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "deploy" / "helm" / "meshserve"
 K8S_DIR = REPO / "deploy" / "k8s"
-SCHEMAS_DIR = REPO.parent / "shared" / "schemas" / "strict"
+# The Istio and prometheus-operator JSON schemas live outside the repo (shared/schemas next
+# to it); a checkout elsewhere names them with MESHSERVE_CRD_SCHEMAS.
+SCHEMAS_DIR = Path(os.environ.get("MESHSERVE_CRD_SCHEMAS") or REPO.parent / "shared" / "schemas" / "strict")
 RELEASE = "meshserve"
 NAMESPACE = "ml-serving"
 
@@ -265,7 +268,8 @@ def values(case: str) -> dict[str, Any]:
 def strict_schema() -> Callable[[Doc], Any]:
     """A jsonschema validator factory for the custom resources (Istio, ServiceMonitor)."""
     if not SCHEMAS_DIR.is_dir():
-        pytest.skip(f"custom-resource schemas not found at {SCHEMAS_DIR} (shared/schemas/strict next to the repo)")
+        pytest.skip(f"custom-resource schemas not found at {SCHEMAS_DIR} (shared/schemas/strict next to the repo, "
+                    "or set MESHSERVE_CRD_SCHEMAS to the folder of their *.json)")
     import jsonschema
 
     cache: dict[str, Any] = {}
