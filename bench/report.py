@@ -94,9 +94,24 @@ def targets(results: dict) -> list[dict]:
     c = _by_name(results)
     obs = {o["name"]: o for o in results.get("observability") or []}
     inter = {o["name"]: o for o in results.get("e2e_vs_echo") or []}
+    every = {**c, **obs, **inter}
 
     def get(name: str, key: str) -> float | None:
         return c[name][key] if name in c else None
+
+    def versus(ours: list[str], theirs: list[str]) -> tuple[float, float, str] | None:
+        """Each side's mean p50 and the measured text of a ratio verdict (None: a side missing)."""
+        if not ours or not theirs:
+            return None
+        a = sum(every[k]["p50_ms"] for k in ours) / len(ours)
+        b = sum(every[k]["p50_ms"] for k in theirs) / len(theirs)
+        measured = f"{a:.2f} ms vs {b:.2f} ms ({a / b:.2f}x)"
+        if len(ours) > 1 or len(theirs) > 1:
+            measured += f", mean p50 of {len(ours)} / {len(theirs)} interleaved cells"
+        return a, b, measured
+
+    def interleaved(side: str) -> list[str]:
+        return [k for k in inter if k.startswith(f"interleaved_{side}_")]
 
     rows: list[dict] = []
 
@@ -104,12 +119,12 @@ def targets(results: dict) -> list[dict]:
         # The most CPU the host stole in any cell the verdict rests on: a verdict taken
         # while other guests held our vCPUs says more about the host than about us.
         steals = [cell["machine_cpu"]["steal_pct"] for name in cells
-                  if (cell := c.get(name) or obs.get(name) or inter.get(name)) and cell.get("machine_cpu")]
+                  if (cell := every.get(name)) and cell.get("machine_cpu")]
         rows.append({"target": what, "measured": measured, "pass": ok, "max_steal_pct": max(steals) if steals else None})
 
     p = get("entities_1_c1", "p50_ms")
     measured = f"{p:.2f} ms" if p else "-"
-    later = [inter[k]["p50_ms"] for k in inter if k.startswith("interleaved_e2e_")]
+    later = [inter[k]["p50_ms"] for k in interleaved("e2e")]
     if p and later:  # the verdict stays the matrix cell's; the same call later in the run, for context
         measured += f" (the {len(later)} interleaved end-to-end cells later in the run: {min(later):.2f}-{max(later):.2f} ms)"
     add("PredictEntities 1 entity, c=1: p50 <= 4 ms", measured, None if p is None else p <= 4, "entities_1_c1")
@@ -126,35 +141,28 @@ def targets(results: dict) -> list[dict]:
         # Each side: the mean p50 of its interleaved cells (ABBA; older runs had one each).
         ours_cells = [k for k in (f"features_{n}_c1", f"features_{n}_c1_2") if k in c]
         feast_cells = [k for k in (f"feast_listen_{n}_c1", f"feast_listen_{n}_c1_2") if k in c]
-        ours = sum(c[k]["p50_ms"] for k in ours_cells) / len(ours_cells) if ours_cells else None
-        feast = sum(c[k]["p50_ms"] for k in feast_cells) / len(feast_cells) if feast_cells else None
-        ok = None if ours is None or feast is None else ours <= feast / 2
-        measured = "-"
-        if ours is not None and feast is not None:
-            measured = f"{ours:.2f} ms vs {feast:.2f} ms ({ours / feast:.2f}x)"
-            if len(ours_cells) > 1 or len(feast_cells) > 1:
-                measured += f", mean p50 of {len(ours_cells)} / {len(feast_cells)} interleaved cells"
+        ok, measured = None, "-"
+        if (v := versus(ours_cells, feast_cells)) is not None:
+            ours, feast, measured = v
+            ok = ours <= feast / 2
         add(f"features service p50 <= 1/2 of `feast listen`, {n} entit{'y' if n == 1 else 'ies'}", measured, ok,
             *ours_cells, *feast_cells)
     # Judged against both chains: the pipeline-shaped one (three echo servers, the same five
     # processes as the stack) and the single-echo one of earlier runs (cheaper: one warm server).
     # Each side: the mean p50 of its interleaved cells; runs before 2026-12-07 had one cell
     # each, minutes apart (the matrix cell and the floor cell).
-    def side(prefix: str) -> list[str]:
-        return [k for k in inter if k.startswith(prefix)]
-
-    e2e_cells = side("interleaved_e2e_") or [k for k in ("entities_1_c1",) if k in c]
+    e2e_cells = interleaved("e2e")
     for chain_side, floor_cell, shape in (("pipeline", "echo4_pipeline_c1", "pipeline-shaped: relay + 3 echo servers"),
                                           ("chain", "echo4_chain_c1", "all 3 hops to one echo server")):
-        chain_cells = side(f"interleaved_{chain_side}_") if side("interleaved_e2e_") else [k for k in (floor_cell,) if k in c]
+        if e2e_cells:
+            e2e_names, chain_names = e2e_cells, interleaved(chain_side)
+        else:
+            e2e_names, chain_names = [k for k in ("entities_1_c1",) if k in c], [k for k in (floor_cell,) if k in c]
         ok, measured = None, "-"
-        if e2e_cells and chain_cells:
-            e2e = sum((inter.get(k) or c[k])["p50_ms"] for k in e2e_cells) / len(e2e_cells)
-            chain = sum((inter.get(k) or c[k])["p50_ms"] for k in chain_cells) / len(chain_cells)
-            ok, measured = e2e <= 1.5 * chain, f"{e2e:.2f} ms vs {chain:.2f} ms ({e2e / chain:.2f}x)"
-            if len(e2e_cells) > 1 or len(chain_cells) > 1:
-                measured += f", mean p50 of {len(e2e_cells)} / {len(chain_cells)} interleaved cells"
-        add(f"end-to-end p50 at c=1 <= 1.5x four chained echo RPCs ({shape})", measured, ok, *e2e_cells, *chain_cells)
+        if (v := versus(e2e_names, chain_names)) is not None:
+            e2e, chain, measured = v
+            ok = e2e <= 1.5 * chain
+        add(f"end-to-end p50 at c=1 <= 1.5x four chained echo RPCs ({shape})", measured, ok, *e2e_names, *chain_names)
     for conc in (64, 1):
         on_cells = [k for k in obs if k.startswith(f"obs_on_c{conc}_")]
         off_cells = [k for k in obs if k.startswith(f"obs_off_c{conc}_")]
@@ -176,6 +184,12 @@ def _cpu(cell: dict) -> str:
     """The machine's CPU in the cell's window (all cores): busy / stolen by the hypervisor."""
     cpu = cell.get("machine_cpu")
     return f"{cpu['busy_pct']:.0f} / {cpu['steal_pct']:.0f}" if cpu else ""
+
+
+def _short_table(cells: list[dict]) -> list[str]:
+    """Rows of cells without stage columns (the observability and interleaved cells)."""
+    return ["| cell | RPS | p50 | p99 | errors | CPU busy / steal % |", "|---|---|---|---|---|---|"] + [
+        f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | {_cpu(c)} |" for c in cells]
 
 
 def render(results: dict) -> str:
@@ -218,18 +232,14 @@ def render(results: dict) -> str:
                   "Cells ran in the order " + "; then ".join(
                       f"{', '.join(c['name'].split('_')[1] for c in obs if c['concurrency'] == conc)} at c={conc}"
                       for conc in dict.fromkeys(c["concurrency"] for c in obs)) + ", both stacks up.", "",
-                  "| cell | RPS | p50 | p99 | errors | CPU busy / steal % |", "|---|---|---|---|---|---|"]
-        for c in obs:
-            lines.append(f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | {_cpu(c)} |")
+                  *_short_table(obs)]
     inter = r.get("e2e_vs_echo") or []
     if inter:
         lines += ["", "## End to end vs the echo chains, interleaved", "",
                   "PredictEntities, 1 entity, c=1, on the main stack (e2e), against the relay with three echo servers "
                   "(pipeline) and the relay with one (chain), all servers up, cells in the order they ran. "
                   "The 1.5x verdicts take each side's mean p50.", "",
-                  "| cell | RPS | p50 | p99 | errors | CPU busy / steal % |", "|---|---|---|---|---|---|"]
-        for c in inter:
-            lines.append(f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | {_cpu(c)} |")
+                  *_short_table(inter)]
     f = r.get("floors", {})
     if f:
         lines += ["", "## Floors", "", "| floor | 1 entity / batch 1 | 100 entities / batch 64 |", "|---|---|---|"]
