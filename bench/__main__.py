@@ -16,6 +16,7 @@ import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,6 +27,11 @@ from meshserve_local.stack import HEALTH_NAMES, Stack, StackConfig, free_ports
 from meshserve_runtime.grpc_env import with_grpc_defaults
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: The order of the interleaved c=1 cells: each side four times, every side at the same mean
+#: position (7.5), so a steady drift of the machine's speed weighs on all sides alike.
+INTERLEAVED_ORDER = ("e2e", "replay", "pipeline", "chain", "chain", "pipeline", "replay", "e2e",
+                     "replay", "e2e", "chain", "pipeline", "pipeline", "chain", "e2e", "replay")
 
 
 def wait_serving(target: str, service: str = "", timeout: float = 120.0) -> None:
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     train_if_needed(s)
 
-    ports = free_ports(24)
+    ports = free_ports(32)
     names = list(HEALTH_NAMES)
     collector_port = ports[12]
     # Observability ON as a cluster runs it with `tracing.enabled=true`: metrics, trace ids,
@@ -100,14 +106,18 @@ def main(argv: list[str] | None = None) -> int:
                   "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                   "OTEL_TRACES_SAMPLER_ARG": str(s.trace_sample_ratio)}
 
-    def stack_config(grpc_ports: list[int], metrics_ports: list[int], env: dict[str, str]) -> StackConfig:
+    def stack_config(grpc_ports: list[int], metrics_ports: list[int], env: dict[str, str], **kw: Any) -> StackConfig:
         return StackConfig(home=s.home, online_store="redis", redis_url=s.redis_url,
                            ports=dict(zip(names, grpc_ports, strict=True)),
                            metrics_ports=dict(zip(names, metrics_ports, strict=True)),
-                           extra_env={n: {f"MESHSERVE_{n.upper()}_LOG_LEVEL": "WARNING", **env} for n in names})
+                           extra_env={n: {f"MESHSERVE_{n.upper()}_LOG_LEVEL": "WARNING", **env} for n in names}, **kw)
 
     config = stack_config(ports[:4], ports[4:8], tracing_on)
     off_config = stack_config(ports[13:17], ports[17:21], {"OTEL_SDK_DISABLED": "true"})
+    # The cost split: the main stack's twin (tracing on too) whose features, preprocess and
+    # model answer every call with their first answer (bench/replay.py), behind the real gateway.
+    replay_config = stack_config(ports[24:28], ports[28:32], tracing_on,
+                                 commands={n: ["-m", "bench.replay", n] for n in ("features", "preprocess", "model")})
     gw, metrics = config.target("gateway"), f"http://127.0.0.1:{config.metrics_ports['gateway']}/metrics"
     echo_t, relay_t, listen_port = f"127.0.0.1:{ports[8]}", f"127.0.0.1:{ports[9]}", ports[10]
     # The pipeline-shaped chain: a relay whose three hops go to three distinct echo servers
@@ -160,14 +170,17 @@ def main(argv: list[str] | None = None) -> int:
 
     # End to end against the empty chains, interleaved (the 1.5x target). Run apart, the two
     # sides of that ratio were minutes apart on a machine whose speed drifts by a third
-    # within minutes (bench/NOTES.md, 2026-12-07); here the three alternate, four cells each,
-    # in an order that gives each side the same mean position, with all servers up.
+    # within minutes (bench/NOTES.md, 2026-12-07); here the sides alternate, four cells each,
+    # in an order that gives each side the same mean position, with all servers up. The
+    # replay side (the stack with the handlers' work taken out) splits the difference: the
+    # handlers' own work, and what the runtime and protocols add to bare hops. Each cell
+    # records the CPU its side's server processes (and Redis) used per request.
     e2e_cells = []
-    sides = {"e2e": ("predict_entities", gw), "pipeline": ("relay", relay3_t), "chain": ("relay", relay_t)}
-    for i, side in enumerate(("e2e", "pipeline", "chain", "chain", "pipeline", "e2e",
-                              "e2e", "pipeline", "chain", "chain", "pipeline", "e2e")):
+    sides = {"e2e": ("predict_entities", gw), "replay": ("predict_entities", replay_config.target("gateway")),
+             "pipeline": ("relay", relay3_t), "chain": ("relay", relay_t)}
+    for i, side in enumerate(INTERLEAVED_ORDER):
         kind, target = sides[side]
-        e2e_cells.append(cell(f"interleaved_{side}_c1_{i // 3 + 1}", kind, target, 1, 1, False))
+        e2e_cells.append(cell(f"interleaved_{side}_c1_{i // len(sides) + 1}", kind, target, 1, 1, False))
     for c in e2e_cells:
         c["metrics_url"] = None
 
@@ -181,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(stop, collector)
         print("starting the stack (Redis online store, tracing exported at "
               f"{s.trace_sample_ratio:g} sampling)...", flush=True)
-        stack.enter_context(Stack(config))
+        main_stack = stack.enter_context(Stack(config))
+        server_procs: dict[str, subprocess.Popen] = {}
         if pick(echo_cells) or pick(e2e_cells):
             # Idle until their cells: a server waiting on epoll costs the others nothing.
             echoes = [echo_t, *echo3_t]
@@ -189,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             servers += [("relay", ["relay", relay_t, echo_t]), ("relay3", ["relay", relay3_t, *echoes])]
             for log_name, (role, target, *downstream) in servers:
                 port = target.rsplit(":", 1)[1]
-                stack.callback(stop, spawn(["-m", "bench.echo", role, port, *downstream], logs / f"{log_name}.log"))
+                server_procs[log_name] = spawn(["-m", "bench.echo", role, port, *downstream], logs / f"{log_name}.log")
+                stack.callback(stop, server_procs[log_name])
             for t in echoes:
                 wait_serving(t, "bench.Echo")
             for t in (relay_t, relay3_t):
@@ -212,7 +227,19 @@ def main(argv: list[str] | None = None) -> int:
             results["cells"] += run_loadgen(pick(features_cells), tmp, "features")
 
         if pick(e2e_cells):
-            print("end to end vs the empty echo chains at c=1, interleaved:", flush=True)
+            from bench.floors import redis_pid
+
+            print("end to end vs the replay stack and the empty echo chains at c=1, interleaved:", flush=True)
+            replay_stack = stack.enter_context(Stack(replay_config))
+            redis = {"redis": pid} if (pid := redis_pid(s.redis_url)) else {}
+            side_pids = {
+                "e2e": {n: p.pid for n, p in main_stack.procs.items()} | redis,
+                "replay": {n: p.pid for n, p in replay_stack.procs.items()} | redis,
+                "pipeline": {n: server_procs[n].pid for n in ("relay3", "echo-1", "echo-2", "echo-3")},
+                "chain": {n: server_procs[n].pid for n in ("relay", "echo-1")},
+            }
+            for c in e2e_cells:
+                c["pids"] = side_pids[c["name"].split("_")[1]]
             results["e2e_vs_echo"] = run_loadgen(pick(e2e_cells), tmp, "e2e")
 
         if pick(echo_cells):

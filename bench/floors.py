@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from bench.requests import PAIRS
 from meshserve_feature_repo.config import FeastSettings
 from meshserve_feature_repo.definitions import FEATURE_SERVICE
 from meshserve_runtime.grpc_env import with_grpc_defaults
+
+if TYPE_CHECKING:
+    import redis
 
 
 def feast_store(home: Path, redis_url: str) -> Any:
@@ -51,13 +54,29 @@ def redis_commands(store: Any, rows: int) -> list[tuple[bytes, list[Any]]]:
     return commands
 
 
-def redis_floor(store: Any, redis_url: str, rows: int, seconds: float) -> dict[str, float]:
+def _redis_client(redis_url: str) -> redis.Redis:
+    """A redis-py client for a Feast-style `host:port,db=N` URL."""
     import redis
 
     host_port, *opts = redis_url.split(",")
     host, port = host_port.split(":")
     db = int(dict(o.split("=", 1) for o in opts).get("db", 0))
-    client = redis.Redis(host=host, port=int(port), db=db)
+    return redis.Redis(host=host, port=int(port), db=db)
+
+
+def redis_pid(redis_url: str) -> int | None:
+    """The Redis server's process id (INFO server), when it runs on this machine; else None."""
+    try:
+        # The sync client's reply (redis-py types it as sync-or-async).
+        info = cast(dict[str, Any], _redis_client(redis_url).info("server"))
+    except Exception:  # noqa: BLE001 -- only a label for the CPU split: none is fine
+        return None
+    pid = info.get("process_id")
+    return int(pid) if pid and Path(f"/proc/{pid}").exists() else None
+
+
+def redis_floor(store: Any, redis_url: str, rows: int, seconds: float) -> dict[str, float]:
+    client = _redis_client(redis_url)
     commands = redis_commands(store, rows)
     times = []
     replies: list[Any] = []

@@ -1,7 +1,8 @@
 """Closed-loop async gRPC load generator, run in its own process.
 
 `python -m bench.loadgen SPEC.json OUT.json`: SPEC lists cells
-({name, kind, target, rows, concurrency, seconds, warmup, metrics_url}); each cell runs
+({name, kind, target, rows, concurrency, seconds, warmup, metrics_url, and optionally pids:
+{label: pid} of server processes whose CPU per request it records}); each cell runs
 `concurrency` workers that send a pre-serialized request as soon as the previous answer
 arrives, first for `warmup` seconds (discarded), then for `seconds` (measured), then stop.
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 import grpc
 
 from bench.requests import METHODS, bodies, check_reply
-from bench.stats import cpu_share, cpu_times, scrape_stages, stage_means_ms, summarize
+from bench.stats import cpu_share, cpu_times, process_cpu_seconds, process_cpu_us, scrape_stages, stage_means_ms, summarize
 
 TIMEOUT_S = 10.0
 
@@ -68,16 +69,21 @@ async def run_cell(cell: dict) -> dict:
             await _phase(call, kind, rows, reqs, conc, cell["warmup"], None)
         before = scrape_stages(cell["metrics_url"]) if cell.get("metrics_url") else None
         latencies: list[float] = []
+        pids: dict[str, int] = cell.get("pids") or {}
+        proc0 = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
         cpu0 = cpu_times()
         t0 = time.perf_counter()
         errors, sample = await _phase(call, kind, rows, reqs, conc, cell["seconds"], latencies)
         elapsed = time.perf_counter() - t0
         cpu1 = cpu_times()
+        proc1 = {name: process_cpu_seconds(pid) for name, pid in pids.items()}
         after = scrape_stages(cell["metrics_url"]) if cell.get("metrics_url") else None
     res = summarize(cell["name"], kind, conc, rows, elapsed, latencies, errors, sample)
     if before is not None and after is not None:
         res.stages_ms = stage_means_ms(before, after, res.requests)
     res.machine_cpu = cpu_share(cpu0, cpu1)
+    if pids:
+        res.cpu_us_per_request = process_cpu_us(proc0, proc1, res.requests)
     return res.as_dict()
 
 

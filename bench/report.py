@@ -176,6 +176,74 @@ def targets(results: dict) -> list[dict]:
     return rows
 
 
+#: The server processes of a request's path, each with the pipeline chain's process in the
+#: same place (the relay for the gateway, an echo server for each service; none for Redis).
+SPLIT_PROCESSES = (("gateway", "relay3"), ("features", "echo-1"), ("preprocess", "echo-2"), ("model", "echo-3"), ("redis", ""))
+
+
+def cost_split(results: dict) -> dict | None:
+    """What the c=1 time is made of, from the interleaved cells: each side's mean p50 and
+    mean CPU per request by process, and the differences between the sides. None when the
+    run had no replay cells (runs before 2026-12-07 12:00)."""
+    cells = results.get("e2e_vs_echo") or []
+    sides: dict[str, list[dict]] = {}
+    for c in cells:
+        sides.setdefault(c["name"].split("_")[1], []).append(c)
+    if not {"e2e", "replay", "pipeline"} <= set(sides):
+        return None
+    p50 = {side: sum(c["p50_ms"] for c in cs) / len(cs) for side, cs in sides.items()}
+    cpu: dict[str, dict[str, float]] = {}
+    for side, cs in sides.items():
+        per = [c.get("cpu_us_per_request") or {} for c in cs]
+        names = {n for p in per for n in p}
+        # Mean over the cells that read the process (a process gone mid-run drops out).
+        cpu[side] = {n: sum(p[n] for p in per if n in p) / sum(1 for p in per if n in p) for n in sorted(names)}
+    e2e, replay, pipe = p50["e2e"], p50["replay"], p50["pipeline"]
+    return {
+        "p50_ms": p50,
+        "cpu_us_per_request": cpu,
+        # The handlers' own work (Redis read, transform, forward pass, their checks and encoding).
+        "handlers_ms": e2e - replay,
+        # What meshserve's runtime and protocols (interceptor, tracing, the real messages, the
+        # gateway's pipeline) add to four bare gRPC hops.
+        "runtime_ms": replay - pipe,
+        "bare_hops_ms": pipe,
+    }
+
+
+def _split_lines(split: dict) -> list[str]:
+    p50, cpu = split["p50_ms"], split["cpu_us_per_request"]
+    e2e = p50["e2e"]
+    lines = ["", "## What the c=1 time is made of", "",
+             "From the interleaved cells above (each side's mean). The replay stack is the main stack's twin, tracing "
+             "on too, whose features, preprocess and model answer every call with their first answer "
+             "(`bench/replay.py`): gRPC, the runtime's interceptor, tracing, request parsing and reply encoding "
+             "all still run, the handlers' own work does not.", "",
+             "| part of a request | ms | share of end to end |", "|---|---|---|",
+             f"| the handlers' own work (end to end - replay) | {split['handlers_ms']:.2f} | {split['handlers_ms'] / e2e:.0%} |",
+             f"| meshserve's runtime and protocols on top of bare hops (replay - pipeline chain) | {split['runtime_ms']:.2f} | "
+             f"{split['runtime_ms'] / e2e:.0%} |",
+             f"| four bare gRPC hops through the same runtime (pipeline chain) | {split['bare_hops_ms']:.2f} | "
+             f"{split['bare_hops_ms'] / e2e:.0%} |",
+             f"| end to end (PredictEntities, 1 entity) | {e2e:.2f} | 100% |", "",
+             "CPU per request by server process (user + system, all threads, /proc/PID/stat), microseconds; "
+             "a request's processes run one after the other, so at c=1 these add up to most of its time. "
+             "The pipeline chain's column shows its process in the same place (the relay for the gateway, "
+             "an echo server for each service).", "",
+             "| process | end to end | replay | pipeline chain |", "|---|---|---|---|"]
+
+    def us(side: str, name: str) -> str:
+        v = cpu.get(side, {}).get(name)
+        return "" if v is None else f"{v:.0f}"
+
+    for name, pipe_name in SPLIT_PROCESSES:
+        if us("e2e", name) or us("replay", name):
+            lines.append(f"| {name} | {us('e2e', name)} | {us('replay', name)} | {us('pipeline', pipe_name) if pipe_name else ''} |")
+    totals = [sum(cpu.get(side, {}).values()) for side in ("e2e", "replay", "pipeline")]
+    lines.append("| all | " + " | ".join(f"{t:.0f}" for t in totals) + " |")
+    return lines
+
+
 def _fmt(v: float) -> str:
     return f"{v:.2f}" if v < 100 else f"{v:.0f}"
 
@@ -236,10 +304,13 @@ def render(results: dict) -> str:
     inter = r.get("e2e_vs_echo") or []
     if inter:
         lines += ["", "## End to end vs the echo chains, interleaved", "",
-                  "PredictEntities, 1 entity, c=1, on the main stack (e2e), against the relay with three echo servers "
+                  "PredictEntities, 1 entity, c=1, on the main stack (e2e) and on the replay stack (replay: see below), "
+                  "against the relay with three echo servers "
                   "(pipeline) and the relay with one (chain), all servers up, cells in the order they ran. "
                   "The 1.5x verdicts take each side's mean p50.", "",
                   *_short_table(inter)]
+        if (split := cost_split(r)) is not None:
+            lines += _split_lines(split)
     f = r.get("floors", {})
     if f:
         lines += ["", "## Floors", "", "| floor | 1 entity / batch 1 | 100 entities / batch 64 |", "|---|---|---|"]

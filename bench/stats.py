@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 STAGE_METRIC = "meshserve_gateway_stage_duration_seconds"
 PROC_STAT = Path("/proc/stat")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 @dataclass
@@ -33,6 +35,9 @@ class CellResult:
     machine_cpu: dict[str, float] | None = None
     """The whole machine's CPU during the measured window (cpu_share): how busy, and how
     much the hypervisor took away (steal), so a slow cell on a shared host shows why."""
+    cpu_us_per_request: dict[str, float] | None = None
+    """CPU time (user + system, all threads) each named server process used per answered
+    request in the measured window (process_cpu_us): where a request's time goes."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -112,3 +117,25 @@ def cpu_share(before: list[int] | None, after: list[int] | None) -> dict[str, fl
     user, nice, system, _idle, _iowait, irq, softirq, steal = d
     busy = user + nice + system + irq + softirq
     return {"busy_pct": round(100 * busy / total, 1), "steal_pct": round(100 * steal / total, 1)}
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds a process has used (all its threads), or None when it is gone
+    or there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+
+
+def process_cpu_us(before: dict[str, float | None], after: dict[str, float | None], requests: int) -> dict[str, float] | None:
+    """Microseconds of CPU per request for each process read both times."""
+    if requests <= 0:
+        return None
+    out: dict[str, float] = {}
+    for name, b in before.items():
+        a = after.get(name)
+        if a is not None and b is not None:
+            out[name] = round((a - b) / requests * 1e6, 1)
+    return out or None

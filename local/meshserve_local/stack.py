@@ -104,6 +104,9 @@ class StackConfig:
     health_ports: dict[str, int] = field(default_factory=dict)
     #: Bind address per service, where it differs from `host`.
     hosts: dict[str, str] = field(default_factory=dict)
+    #: What a service's process runs after the interpreter, where it is not `-m meshserve_<service>`
+    #: (the bench's cost split runs `-m bench.replay <service>`).
+    commands: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_env(
@@ -250,7 +253,7 @@ class Stack:
         """Start (or restart) one service's process."""
         log = open(self.log_dir / f"{service}.log", "ab")
         self.procs[service] = subprocess.Popen(
-            [sys.executable, "-m", f"meshserve_{service}"],
+            [sys.executable, *self.config.commands.get(service, ["-m", f"meshserve_{service}"])],
             env=self.env_for(service),
             stdout=log,
             stderr=subprocess.STDOUT,

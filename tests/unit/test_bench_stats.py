@@ -112,3 +112,84 @@ def test_the_end_to_end_ratio_takes_the_interleaved_cells_when_there_are_some() 
     del results["e2e_vs_echo"]
     pipeline = next(t for t in targets(results) if "pipeline-shaped" in t["target"])
     assert (pipeline["measured"], pipeline["pass"]) == ("6.00 ms vs 2.00 ms (3.00x)", False)
+
+
+def test_process_cpu_is_read_per_process_and_divided_per_request(tmp_path: Path) -> None:
+    import os
+
+    from bench.stats import process_cpu_seconds, process_cpu_us
+
+    mine = process_cpu_seconds(os.getpid())
+    assert mine is not None and mine > 0  # this test process has used some CPU
+    assert process_cpu_seconds(2**22 + 12345) is None  # no such process (above pid_max's default)
+    before = {"gateway": 1.0, "model": 2.0, "gone": 3.0, "never": None}
+    after = {"gateway": 1.5, "model": 2.1, "gone": None, "never": None}
+    assert process_cpu_us(before, after, 1000) == {"gateway": 500.0, "model": 100.0}
+    assert process_cpu_us(before, after, 0) is None
+
+
+def test_the_cost_split_subtracts_the_sides_mean_p50s() -> None:
+    from bench.report import cost_split, render
+
+    def cell(side: str, i: int, p50: float, cpu: dict[str, float]) -> dict:
+        return {"name": f"interleaved_{side}_c1_{i}", "p50_ms": p50, "rps": 1e3 / p50, "p99_ms": 2 * p50, "errors": 0,
+                "machine_cpu": None, "cpu_us_per_request": cpu}
+
+    cells = [cell("e2e", 1, 8.0, {"gateway": 3000, "features": 2000, "redis": 100}),
+             cell("e2e", 2, 10.0, {"gateway": 3200, "features": 2200}),  # Redis unread in one cell: mean of the other
+             cell("replay", 1, 6.0, {"gateway": 2700, "features": 1100}),
+             cell("replay", 2, 6.0, {"gateway": 2700, "features": 1100}),
+             cell("pipeline", 1, 4.5, {"relay3": 2000, "echo-1": 850}),
+             cell("pipeline", 2, 5.5, {"relay3": 2000, "echo-1": 850}),
+             cell("chain", 1, 4.0, {"relay": 2000, "echo-1": 2500})]
+    split = cost_split({"e2e_vs_echo": cells})
+    assert split is not None
+    assert split["p50_ms"] == {"e2e": 9.0, "replay": 6.0, "pipeline": 5.0, "chain": 4.0}
+    assert (split["handlers_ms"], split["runtime_ms"], split["bare_hops_ms"]) == (3.0, 1.0, 5.0)
+    assert split["cpu_us_per_request"]["e2e"] == {"features": 2100, "gateway": 3100, "redis": 100}
+    # Runs without replay cells (before the split existed) have none, and render without it.
+    assert cost_split({"e2e_vs_echo": [c for c in cells if "replay" not in c["name"]]}) is None
+    results = {"date": "d", "wall_seconds": 1, "settings": {"warmup_seconds": 1, "seconds": 1, "floor_seconds": 1},
+               "targets": [], "cells": [], "e2e_vs_echo": cells, "machine": {}, "versions": {}}
+    text = render(results)
+    assert "| the handlers' own work (end to end - replay) | 3.00 | 33% |" in text
+    assert "| gateway | 3100 | 2700 | 2000 |" in text
+    assert "| redis | 100 |  |  |" in text
+
+
+def test_replaying_computes_the_first_answer_and_returns_it_after() -> None:
+    import asyncio
+
+    from bench.replay import HANDLERS, replaying
+
+    calls: list[str] = []
+
+    class Servicer:
+        async def Handle(self, request: str, context: object) -> str:
+            calls.append(request)
+            if request == "bad":
+                raise ValueError("refused")
+            return f"answer to {request}"
+
+    Servicer.Handle = replaying(Servicer.Handle)  # type: ignore[method-assign,assignment]
+    s = Servicer()
+
+    async def run() -> list[str]:
+        with pytest.raises(ValueError):
+            await s.Handle("bad", None)  # a failure is not kept
+        return [await s.Handle(r, None) for r in ("first", "second", "third")]
+
+    assert asyncio.run(run()) == ["answer to first"] * 3
+    assert calls == ["bad", "first"]
+    assert set(HANDLERS) == {"features", "preprocess", "model"}
+
+
+def test_replay_names_the_data_plane_handler_of_each_service() -> None:
+    import importlib
+    import inspect
+
+    from bench.replay import HANDLERS
+
+    for module, cls, method in HANDLERS.values():
+        handler = getattr(getattr(importlib.import_module(module), cls), method)
+        assert inspect.iscoroutinefunction(handler), f"{module}.{cls}.{method}"

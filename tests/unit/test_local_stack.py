@@ -40,6 +40,21 @@ def test_free_ports_pass_the_check(tmp_path: Path) -> None:
     Stack(StackConfig(home=tmp_path, ports=dict(zip(names, ports)), metrics_ports={n: 0 for n in names})).check_ports_free()
 
 
+def test_a_service_runs_its_module_unless_the_config_names_another_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[list[str]] = []
+
+    def popen(args: list[str], **kwargs: object) -> object:
+        started.append(args)
+        return object()
+
+    monkeypatch.setattr(stack_module.subprocess, "Popen", popen)
+    stack = Stack(StackConfig(home=tmp_path, commands={"model": ["-m", "bench.replay", "model"]}))
+    stack.log_dir.mkdir(parents=True)
+    stack.start_service("gateway")
+    stack.start_service("model")
+    assert started == [[sys.executable, "-m", "meshserve_gateway"], [sys.executable, "-m", "bench.replay", "model"]]
+
+
 #: Variables of the local stack's services that a developer's shell could hold.
 STACK_VARS = [f"MESHSERVE_{s.upper()}_{v}" for s in HEALTH_NAMES for v in ("PORT", "METRICS_PORT", "HEALTH_PORT", "HOST", "LOG_JSON")]
 
