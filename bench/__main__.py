@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                 "pipeline": {n: server_procs[n].pid for n in ("relay3", "echo-1", "echo-2", "echo-3")},
                 "chain": {n: server_procs[n].pid for n in ("relay", "echo-1")},
             }
-            for c in e2e_cells:
-                c["pids"] = side_pids[c["name"].split("_")[1]]
+            for c, side in zip(e2e_cells, INTERLEAVED_ORDER, strict=True):
+                c["pids"] = side_pids[side]
             results["e2e_vs_echo"] = run_loadgen(pick(e2e_cells), tmp, "e2e")
 
         if pick(echo_cells):

@@ -89,6 +89,14 @@ def _by_name(results: dict) -> dict[str, dict]:
     return {c["name"]: c for c in results["cells"]}
 
 
+def interleaved_sides(results: dict) -> dict[str, list[dict]]:
+    """The interleaved c=1 cells (`interleaved_<side>_c1_<n>`) by side, in the order they ran."""
+    sides: dict[str, list[dict]] = {}
+    for cell in results.get("e2e_vs_echo") or []:
+        sides.setdefault(cell["name"].split("_")[1], []).append(cell)
+    return sides
+
+
 def targets(results: dict) -> list[dict]:
     """The issue's targets, each with the measured value and pass/fail (None: not measured)."""
     c = _by_name(results)
@@ -110,8 +118,10 @@ def targets(results: dict) -> list[dict]:
             measured += f", mean p50 of {len(ours)} / {len(theirs)} interleaved cells"
         return a, b, measured
 
+    sides = interleaved_sides(results)
+
     def interleaved(side: str) -> list[str]:
-        return [k for k in inter if k.startswith(f"interleaved_{side}_")]
+        return [cell["name"] for cell in sides.get(side, [])]
 
     rows: list[dict] = []
 
@@ -185,10 +195,7 @@ def cost_split(results: dict) -> dict | None:
     """What the c=1 time is made of, from the interleaved cells: each side's mean p50 and
     mean CPU per request by process, and the differences between the sides. None when the
     run had no replay cells (runs before 2026-12-07 12:00)."""
-    cells = results.get("e2e_vs_echo") or []
-    sides: dict[str, list[dict]] = {}
-    for c in cells:
-        sides.setdefault(c["name"].split("_")[1], []).append(c)
+    sides = interleaved_sides(results)
     if not {"e2e", "replay", "pipeline"} <= set(sides):
         return None
     p50 = {side: sum(c["p50_ms"] for c in cs) / len(cs) for side, cs in sides.items()}
