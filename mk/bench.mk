@@ -1,5 +1,5 @@
 # `make bench`: the stack on Redis (db 14, home bench/tmp/home) under closed-loop load, plus the
-# floors of this machine; writes bench/RESULTS.md and bench/results.json (about 12 minutes).
+# floors of this machine; writes bench/RESULTS.md and bench/results.json (about 15 minutes).
 # Quick look: `make bench BENCH_SECONDS=3 BENCH_WARMUP_SECONDS=1 BENCH_FLOOR_SECONDS=2`
 # (or `make bench-quick`); one cell: `BENCH_ONLY=entities_1_c1,echo4_chain_c1`.
 .PHONY: bench bench-quick
