@@ -58,3 +58,26 @@ def test_concurrent_callers_get_the_sequential_answers(gateway_channel: grpc.Cha
         for a, b in zip(conc, seq, strict=True):
             assert a == b if isinstance(b, str) else abs(a - b) <= 1e-6, (req[:3], seq, conc)
     assert "NOT_FOUND" in sequential[len(requests) // 3 - 3] and sequential[len(requests) // 3 - 2] == "NOT_FOUND"
+
+
+def test_concurrent_callers_that_each_fit_the_message_limit_are_never_refused_together(gateway_channel: grpc.Channel) -> None:
+    """A 9 MB caller fits the internal hop's 16 MB limit alone; two of them coalesced would not.
+    Each must get its own answer (here: its string key refused by the features service), never
+    a RESOURCE_EXHAUSTED for a group it did not choose (it did, before groups had a byte bound)."""
+    stub = prediction_pb2_grpc.PredictionServiceStub(gateway_channel)
+
+    def call(i: int) -> tuple[str, str]:
+        req = prediction_pb2.PredictEntitiesRequest()
+        row = req.entities.add()
+        row.values["driver_id"].string_value = str(i) * 9_000_000
+        row.values["customer_id"].int64_value = 2001
+        try:
+            stub.PredictEntities(req, timeout=60)
+        except grpc.RpcError as err:
+            return err.code().name, err.details() or ""
+        return "OK", ""
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(call, range(1, 7)))
+    for code, details in answers:
+        assert code == "INVALID_ARGUMENT" and "driver_id" in details, answers

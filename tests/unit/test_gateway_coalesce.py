@@ -17,7 +17,7 @@ from meshserve_runtime.protocol import MODEL_RUN_ID_PARAMETER, PREPROCESSOR_RUN_
 
 from meshserve_gateway.coalesce import Coalescer
 from meshserve_gateway.deadline import Deadline
-from meshserve_gateway.pipeline import Pipeline
+from meshserve_gateway.pipeline import GROUP_HEADROOM_BYTES, Pipeline
 from meshserve_gateway.rows import concat_frames, rows_to_frame, slice_frame
 
 UNKNOWN_DRIVER = 9999
@@ -208,6 +208,61 @@ def test_max_rows_caps_a_group() -> None:
 
     fakes = asyncio.run(go())
     assert max(fakes.features_calls) <= 4 and sum(fakes.features_calls) == 13
+
+
+def test_a_group_is_bounded_in_bytes_and_a_caller_too_big_to_share_goes_alone_at_once() -> None:
+    """Callers that each fit the hop's message limit never share a call that does not."""
+    calls: list[list[str]] = []
+    release = asyncio.Event()
+
+    async def run_one(item: str, deadline: Deadline) -> str:
+        calls.append([item])
+        if item == "first":
+            await release.wait()
+        return item
+
+    async def run_group(items, deadline: Deadline) -> list[str]:  # noqa: ANN001
+        calls.append(list(items))
+        return list(items)
+
+    async def scenario() -> list[str]:
+        c: Coalescer[str, str] = Coalescer(run_one, run_group, max_delay_us=100, max_rows=256, max_bytes=10, size_of=len)
+        first = asyncio.ensure_future(c.submit("k", "first", 1, Deadline(5)))  # in flight alone: no size taken
+        await asyncio.sleep(0)
+        queued = [asyncio.ensure_future(c.submit("k", s, 1, Deadline(5))) for s in ("aaaa", "bbbb", "cc", "ddddd")]
+        big = asyncio.ensure_future(c.submit("k", "x" * 10, 1, Deadline(5)))
+        await asyncio.sleep(0.01)
+        assert ["x" * 10] in calls  # as big as the bound: sent alone, without waiting for "first"
+        assert ["aaaa", "bbbb", "cc"] in calls  # 10 bytes: a full group goes at once, like max_rows
+        release.set()
+        return list(await asyncio.gather(first, *queued, big))
+
+    assert asyncio.run(scenario()) == ["first", "aaaa", "bbbb", "cc", "ddddd", "x" * 10]
+    assert sorted(calls) == sorted([["first"], ["aaaa", "bbbb", "cc"], ["ddddd"], ["x" * 10]])
+
+
+def padded(driver: int, pad: int) -> types_pb2.Row:
+    row = entity(driver)
+    row.values["note"].string_value = "n" * pad  # a string column: the frame's bytes, not its rows, grow
+    return row
+
+
+@pytest.mark.parametrize("limit", [None, GROUP_HEADROOM_BYTES + 7_000])
+def test_entity_callers_are_grouped_within_the_hops_message_limit(limit: int | None) -> None:
+    async def go() -> tuple[list, Fakes]:
+        fakes = Fakes()
+        p = Pipeline(fakes, fakes, fakes, "m", 1000, coalesce_max_delay_us=50_000, coalesce_max_rows=256,
+                     max_message_bytes=limit or 0)
+        replies = await asyncio.gather(*(p.predict_entities([padded(1000 + i, 3_000)], Deadline(5)) for i in range(7)))
+        return [probs(r) for r in replies], fakes
+
+    got, fakes = asyncio.run(go())
+    np.testing.assert_allclose(got, [[expected(1000 + i)] for i in range(7)], atol=1e-6)
+    assert sum(fakes.features_calls) == 7
+    if limit is None:
+        assert max(fakes.features_calls) > 2  # unbounded: the six queued callers left together
+    else:
+        assert max(fakes.features_calls) == 2  # ~3 KB each within 7,000 bytes: two at most
 
 
 def test_unknown_entity_stays_with_its_caller() -> None:

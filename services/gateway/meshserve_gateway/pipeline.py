@@ -96,6 +96,7 @@ class Pipeline:
         coalesce_max_in_flight: int = 1,
         max_row_values: int | None = None,
         skew_retry_s: float = 15.0,
+        max_message_bytes: int = 0,
     ) -> None:
         self.features = features
         self.preprocess = preprocess
@@ -112,17 +113,20 @@ class Pipeline:
         # in use, and never let a good new one take over).
         self._pin = ""
         self._pin_until = 0.0
+        # A coalesced call must fit the hop's message limit whenever each caller's would:
+        # groups are bounded in bytes too (0: no bound).
+        group_bytes = max(max_message_bytes - GROUP_HEADROOM_BYTES, 1) if max_message_bytes else 0
         features_callers = COALESCED_CALLERS.labels("features")
         score_callers = COALESCED_CALLERS.labels("score")
         self.features_coalescer: Coalescer[types_pb2.Frame, features_pb2.GetOnlineFeaturesResponse | _FeaturesShare] = Coalescer(
             self._fetch, self._fetch_group, max_delay_us=coalesce_max_delay_us, max_rows=coalesce_max_rows,
-            max_in_flight=coalesce_max_in_flight, on_dispatch=lambda callers, _rows: features_callers.observe(callers),
-            stage="features", hop="features",
+            max_in_flight=coalesce_max_in_flight, max_bytes=group_bytes, size_of=_frame_bytes,
+            on_dispatch=lambda callers, _rows: features_callers.observe(callers), stage="features", hop="features",
         )
         self.score_coalescer: Coalescer[types_pb2.Frame, Scored] = Coalescer(
             self._score_chunked, self._score_group, max_delay_us=coalesce_max_delay_us, max_rows=coalesce_max_rows,
-            max_in_flight=coalesce_max_in_flight, on_dispatch=lambda callers, _rows: score_callers.observe(callers),
-            stage="score", hop="preprocess and model",
+            max_in_flight=coalesce_max_in_flight, max_bytes=group_bytes, size_of=_frame_bytes,
+            on_dispatch=lambda callers, _rows: score_callers.observe(callers), stage="score", hop="preprocess and model",
         )
 
     def _check_batch(self, rows: Sequence[types_pb2.Row], field: str) -> None:
@@ -349,6 +353,16 @@ class Pipeline:
             alias=out.parameters[MODEL_ALIAS_PARAMETER].string_param,
         )
         return Scored(probabilities, model, pre.preprocessor)
+
+
+#: Bytes a coalesced group's frames leave free under the hop's message limit: room for the
+#: request around the frame (run id, model parameters) and for merging the callers'
+#: columns, which sums their sizes to within a few bytes per column.
+GROUP_HEADROOM_BYTES = 64 * 1024
+
+
+def _frame_bytes(frame: types_pb2.Frame) -> int:
+    return frame.ByteSize()
 
 
 #: How long a pin found after a skew refusal is tried first by later calls (seconds).

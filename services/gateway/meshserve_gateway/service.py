@@ -61,6 +61,7 @@ class GatewayService(Service):
             coalesce_max_in_flight=s.coalesce_max_in_flight,
             skew_retry_s=s.skew_retry_s,
             max_row_values=s.max_row_values,
+            max_message_bytes=s.max_message_bytes,
         )
         self.servicer = PredictionServicer(pipeline, s.default_timeout_s)
         prediction_pb2_grpc.add_PredictionServiceServicer_to_server(self.servicer, server)

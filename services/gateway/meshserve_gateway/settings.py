@@ -47,7 +47,7 @@ class GatewaySettings(ServerSettings):
     coalesce_max_delay_us: int = Field(default=1000, ge=0)
     """With coalesce_max_in_flight above 1: longest a request waits (microseconds) for company before a further call goes out while one is in flight (with 1, it waits for that call instead); 0: no coalescing."""
     coalesce_max_rows: int = Field(default=256, ge=0)
-    """Most rows one coalesced internal call carries; keep it at most the features service's max_entities (0: no coalescing)."""
+    """Most rows one coalesced internal call carries; keep it at most the features service's max_entities (0: no coalescing). A call also stays within max_message_bytes: callers with big string values are grouped by bytes too."""
     coalesce_max_in_flight: int = Field(default=1, ge=1)
     """Coalesced calls out at once per stage before new callers wait for one to finish (and so join a bigger group); more lets callers pass a slow call, at the cost of more, smaller calls (1 measured best: make bench)."""
     skew_retry_s: float = Field(default=15.0, ge=0)
