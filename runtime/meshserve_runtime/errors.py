@@ -57,6 +57,8 @@ class DeadlineExceeded(ServiceError):
 
 #: What gRPC's client-side health checking reports when no replica is SERVING.
 _NO_HEALTHY_BACKEND = "backend unhealthy"
+#: What gRPC reports when a message passes a channel's or server's size limit (either way).
+_TOO_LARGE = "message larger than max"
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError, what: str) -> ServiceError:
@@ -66,4 +68,9 @@ def from_rpc_error(err: grpc.aio.AioRpcError, what: str) -> ServiceError:
         # gRPC's own wording names no cause; say what it means and where to look.
         details = (f"no replica is ready (each reports NOT_SERVING: loading, draining, or a dependency "
                    f"such as its online store is down; its log says which); gRPC: {details}")
+    elif err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in details:
+        # gRPC's wording ("CLIENT: Sent message larger than max") names no limit a caller
+        # knows of: say which one it is, and what helps.
+        details = ("a message to or from it is bigger than the internal message limit (max_message_bytes); "
+                   f"send fewer rows or smaller values; gRPC: {details}")
     return ServiceError(f"{what}: {details}", err.code())

@@ -118,3 +118,12 @@ def test_other_downstream_errors_pass_through_as_from_rpc_error(code: grpc.Statu
     err = downstream_error(_rpc_error(code, details), "preprocess")
     assert not isinstance(err, RowError)
     assert err.code == code and err.message == f"preprocess: {details}"
+
+
+@pytest.mark.parametrize("details", ["CLIENT: Sent message larger than max (18000067 vs. 16777216)",
+                                     "Received message larger than max (20000000 vs. 16777216)"])
+def test_a_hops_size_limit_refusal_says_which_limit_and_what_helps(details: str) -> None:
+    err = downstream_error(_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, details), "features")
+    assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert err.message.startswith("features: a message to or from it is bigger than the internal message limit (max_message_bytes)")
+    assert "send fewer rows or smaller values" in err.message and err.message.endswith(details)
