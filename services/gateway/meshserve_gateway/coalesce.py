@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import time
 from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -120,10 +121,11 @@ class Coalescer(Generic[T, R]):
         self.max_delay_s = max_delay_us / 1e6
         self.max_rows = max_rows
         self.max_in_flight = max(1, max_in_flight)
-        # Bytes bound of a group (0: none): measured only for callers that queue, so a lone
-        # caller pays nothing for it.
-        self.max_bytes = max_bytes if size_of is not None else 0
-        self._size_of = size_of
+        # Bytes bound of a group (max_bytes 0 or no size_of: none, i.e. infinite): measured only
+        # for callers that queue, so a lone caller pays nothing for it.
+        bounded = size_of is not None and max_bytes > 0
+        self.max_bytes: float = max_bytes if bounded else math.inf
+        self._size_of = size_of if bounded else None
         self.retry_alone = retry_alone
         # Called with (callers, rows) for every internal call the coalescer makes (metrics).
         self._on_dispatch = on_dispatch
@@ -159,8 +161,8 @@ class Coalescer(Generic[T, R]):
             finally:
                 lane.in_flight -= 1
                 self._on_idle(key, lane)
-        size = self._size_of(item) if self.max_bytes and self._size_of is not None else 0
-        if size >= self.max_bytes > 0:
+        size = self._size_of(item) if self._size_of is not None else 0
+        if size >= self.max_bytes:
             # Too big to share a call: alone and at once (its own call fits as well as it
             # would have uncoalesced).
             if self._on_dispatch is not None:
@@ -177,7 +179,7 @@ class Coalescer(Generic[T, R]):
         lane.queue.append(member)
         lane.rows += rows
         lane.bytes += size
-        if lane.rows >= self.max_rows or lane.bytes >= self.max_bytes > 0:
+        if lane.rows >= self.max_rows or lane.bytes >= self.max_bytes:
             self._flush(key)  # a full group goes at once, busy stage or not: bounded wait
         elif lane.timer is None and lane.in_flight < self.max_in_flight:
             lane.timer = loop.call_later(self.max_delay_s, self._on_timer, key)
@@ -256,9 +258,8 @@ class Coalescer(Generic[T, R]):
         # Pack in arrival order into groups of at most max_rows rows (and max_bytes bytes).
         group: list[_Member[T, R]] = []
         rows = nbytes = 0
-        max_bytes = self.max_bytes or float("inf")
         for m in members:
-            if group and (rows + m.rows > self.max_rows or nbytes + m.size > max_bytes):
+            if group and (rows + m.rows > self.max_rows or nbytes + m.size > self.max_bytes):
                 self._start(key, lane, group)
                 group, rows, nbytes = [], 0, 0
             group.append(m)

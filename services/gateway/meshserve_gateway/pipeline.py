@@ -120,12 +120,12 @@ class Pipeline:
         score_callers = COALESCED_CALLERS.labels("score")
         self.features_coalescer: Coalescer[types_pb2.Frame, features_pb2.GetOnlineFeaturesResponse | _FeaturesShare] = Coalescer(
             self._fetch, self._fetch_group, max_delay_us=coalesce_max_delay_us, max_rows=coalesce_max_rows,
-            max_in_flight=coalesce_max_in_flight, max_bytes=group_bytes, size_of=_frame_bytes,
+            max_in_flight=coalesce_max_in_flight, max_bytes=group_bytes, size_of=types_pb2.Frame.ByteSize,
             on_dispatch=lambda callers, _rows: features_callers.observe(callers), stage="features", hop="features",
         )
         self.score_coalescer: Coalescer[types_pb2.Frame, Scored] = Coalescer(
             self._score_chunked, self._score_group, max_delay_us=coalesce_max_delay_us, max_rows=coalesce_max_rows,
-            max_in_flight=coalesce_max_in_flight, max_bytes=group_bytes, size_of=_frame_bytes,
+            max_in_flight=coalesce_max_in_flight, max_bytes=group_bytes, size_of=types_pb2.Frame.ByteSize,
             on_dispatch=lambda callers, _rows: score_callers.observe(callers), stage="score", hop="preprocess and model",
         )
 
@@ -359,10 +359,6 @@ class Pipeline:
 #: request around the frame (run id, model parameters) and for merging the callers'
 #: columns, which sums their sizes to within a few bytes per column.
 GROUP_HEADROOM_BYTES = 64 * 1024
-
-
-def _frame_bytes(frame: types_pb2.Frame) -> int:
-    return frame.ByteSize()
 
 
 #: How long a pin found after a skew refusal is tried first by later calls (seconds).
