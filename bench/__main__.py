@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # End to end against the empty chains, interleaved (the 1.5x target). Run apart, the two
     # sides of that ratio were minutes apart on a machine whose speed drifts by a third
-    # within minutes (bench/NOTES.md, 2026-12-07); here the sides alternate, four cells each,
+    # within minutes (bench/HISTORY.md, 2026-12-07); here the sides alternate, four cells each,
     # in an order that gives each side the same mean position, with all servers up. The
     # replay side (the stack with the handlers' work taken out) splits the difference: the
     # handlers' own work, and what the runtime and protocols add to bare hops. Each cell

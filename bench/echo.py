@@ -6,7 +6,7 @@
 sequential Check calls over runtime channels, hop i to ECHO_TARGET[i % n]. With three echo
 servers it has the exact shape of client -> gateway -> features, preprocess, model with empty
 handlers (five processes, each idle between its turns); with one, the three hops hit the
-same warm process back to back, which is cheaper (see bench/NOTES.md).
+same warm process back to back, which is cheaper (see bench/HISTORY.md).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Only the handler's own work (the Redis read, the transform, the forward pass) ru
 A stack whose features, preprocess and model run this way, behind the real gateway, costs
 what meshserve's runtime and protocols cost; the real stack minus it is what the handlers'
 work costs; it minus the empty echo chain is what the runtime and protocols add to bare
-gRPC hops (bench/NOTES.md, "What the c=1 time is made of").
+gRPC hops (bench/RESULTS.md, "What the c=1 time is made of").
 """
 
 from __future__ import annotations

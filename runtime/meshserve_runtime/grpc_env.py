@@ -12,7 +12,7 @@ documented rollback switch) polls the sockets in that thread directly: one threa
 less per event. Measured here in interleaved A/B runs: an echo hop 0.54 -> 0.44-0.46 ms
 at concurrency 1, with 15-20% less CPU per call; the whole stack, 1 entity at
 concurrency 1, 5.5 -> 4.8 ms p50, 100 entities 8.1 -> 6.2 ms, the same at concurrency 64
-(bench/NOTES.md). A grpcio that no longer knows these experiments logs "Unknown
+(bench/HISTORY.md). A grpcio that no longer knows these experiments logs "Unknown
 experiment" once at start-up and runs its default; set GRPC_EXPERIMENTS to "" (chart:
 `grpc.experiments: ""`) for gRPC's default path.
 """

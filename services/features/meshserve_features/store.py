@@ -7,7 +7,7 @@ into per-feature float values plus a per-value status.
 Per-request data stay Python lists from the store's reply to the response proto, never
 numpy: a call carries a few to a few thousand values, where each numpy call's fixed cost
 (tens of microseconds once the process has sat idle a few milliseconds, as at low load)
-outweighed the arithmetic it saved (see bench/NOTES.md).
+outweighed the arithmetic it saved (see bench/HISTORY.md).
 
 Feast quirks handled here (feast 0.67):
 - The response lists features in its own order, not the FeatureService's: columns are
