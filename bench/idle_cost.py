@@ -1,0 +1,91 @@
+"""What one library call costs right after another, and after the process sat still.
+
+`python -m bench.idle_cost [CALLS]` prints a markdown table: the median time of each call
+back to back, after 5 ms asleep (as every service is at c=1 while the others work), and
+after 5 ms busy in a Python loop. The calls are the native work on the c=1 path, built
+the way the services build it, from the demo's own classes, fitted on random data (no
+registry needed): numpy, torch, the ONNX Runtime graph of the demo preprocessor
+(compiled by the preprocess service's own `compile_pipeline`), and the demo MLP as the
+model service serves it (jit trace, frozen, optimized for inference). A pure-Python loop
+is the control. bench/NOTES.md quotes its output.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+PAUSE_S = 0.005
+WARM_CALLS = 50
+
+
+def _calls() -> dict[str, Callable[[], object]]:
+    import torch
+    from meshserve_preprocess.compiled import compile_pipeline
+    from meshserve_training.model import RankingMLP
+    from meshserve_training.preprocessor import build_preprocessor
+
+    torch.set_num_threads(1)  # as the model service runs at a 1-CPU limit
+    n = 6
+    x64 = np.random.default_rng(0).normal(size=(500, n))
+    transform = compile_pipeline(build_preprocessor().fit(x64), n)
+    with torch.inference_mode():
+        module = RankingMLP(n).eval()
+        served = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(module, torch.zeros(8, n)).eval()))
+    row64 = np.zeros((1, n))
+    row32 = np.zeros((1, n), dtype=np.float32)
+    tensor = torch.zeros(1, n)
+
+    def forward() -> object:
+        with torch.inference_mode():
+            return served(torch.from_numpy(row32)).numpy()
+
+    def python_loop() -> object:
+        total = 0
+        for i in range(2000):
+            total += i
+        return total
+
+    return {
+        "numpy `astype` of a 1x6 array": lambda: row64.astype(np.float32),
+        "torch `x + 1` on a 1x6 tensor": lambda: tensor + 1,
+        "ONNX Runtime, the demo preprocessor's graph, 1 row": lambda: transform(row64),
+        "the demo MLP as the model service serves it, batch 1": forward,
+        "a pure-Python 2,000-iteration loop (control)": python_loop,
+    }
+
+
+def _median_us(call: Callable[[], object], pause: str, calls: int) -> float:
+    times = []
+    for _ in range(calls):
+        if pause == "sleep":
+            time.sleep(PAUSE_S)
+        elif pause == "spin":
+            end = time.perf_counter() + PAUSE_S
+            while time.perf_counter() < end:
+                pass
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
+
+
+def main() -> None:
+    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    print(f"| call (median of {calls}) | back to back | after {PAUSE_S * 1e3:g} ms asleep | after {PAUSE_S * 1e3:g} ms busy in Python |")
+    print("|---|---|---|---|")
+    for name, call in _calls().items():
+        for _ in range(WARM_CALLS):
+            call()
+        hot = _median_us(call, "", calls)
+        asleep = _median_us(call, "sleep", calls)
+        busy = _median_us(call, "spin", calls)
+        print(f"| {name} | {hot:.1f} us | {asleep:.1f} us ({asleep / hot:.0f}x) | {busy:.1f} us ({busy / hot:.0f}x) |")
+
+
+if __name__ == "__main__":
+    main()
