@@ -64,3 +64,16 @@ def test_train_refuses_a_dead_redis_before_registering_anything(tmp_path: Path) 
         train(training_settings(tmp_path), feast_settings(tmp_path, "redis", DEAD_REDIS))
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "feast" / "registry.db").exists()
     preflight(training_settings(tmp_path), feast_settings(tmp_path, "sqlite"))  # the same home on SQLite passes
+
+
+def test_artifacts_go_where_the_registry_kind_says(tmp_path: Path) -> None:
+    """Local registry: under the home. MLflow server and no artifact_root: the server's own
+    default (its proxy), and training checks no local artifact directory. Set: as set."""
+    home = tmp_path.resolve()
+    assert training_settings(home).experiment_artifact_root() == home / "mlartifacts"
+    server = training_settings(home, mlflow_tracking_uri="https://mlflow.example:5000")
+    assert server.experiment_artifact_root() is None
+    check_local_dirs(server, [feast_settings(home, "sqlite")])
+    assert not (home / "mlartifacts").exists()
+    pinned = training_settings(home, mlflow_tracking_uri="http://mlflow:5000", artifact_root=tmp_path / "elsewhere")
+    assert pinned.experiment_artifact_root() == tmp_path / "elsewhere"

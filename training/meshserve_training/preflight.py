@@ -51,7 +51,9 @@ def _local_dirs(settings: TrainingSettings, stores: Sequence[FeastSettings]) -> 
     db = _sqlite_path(settings.mlflow_tracking_uri)
     if db is not None:
         dirs.append((db.parent, setting_name(settings, "mlflow_tracking_uri")))
-    dirs.append((Path(settings.artifact_root), setting_name(settings, "artifact_root")))
+    artifacts = settings.experiment_artifact_root()
+    if artifacts is not None:  # None: the MLflow server stores them
+        dirs.append((Path(artifacts), setting_name(settings, "artifact_root")))
     feast = stores[0]
     dirs.append((Path(feast.feast_data_dir), setting_name(feast, "feast_data_dir")))
     if feast.registry_kind == "file":

@@ -45,14 +45,18 @@ def use_tracking(settings: TrainingSettings) -> None:
 
 
 def ensure_experiment(settings: TrainingSettings) -> str:
-    """The experiment id, creating it with our artifact root the first time."""
+    """The experiment id, creating it with our artifact root the first time (or, against an
+    MLflow server with no artifact root set, the server's default location)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(settings.mlflow_tracking_uri, settings.mlflow_tracking_uri)
     exp = client.get_experiment_by_name(settings.experiment)
     if exp is not None:
         return exp.experiment_id
-    root = Path(settings.artifact_root).resolve()
+    root = settings.experiment_artifact_root()
+    if root is None:
+        return client.create_experiment(settings.experiment)
+    root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return client.create_experiment(settings.experiment, artifact_location=root.as_uri())
 

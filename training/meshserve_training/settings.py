@@ -31,8 +31,8 @@ class TrainingSettings(BaseSettings):
 
     mlflow_tracking_uri: str = Field(default_factory=default_tracking_uri)
     """MLflow tracking and registry URI (default sqlite:///$MESHSERVE_HOME/mlflow.db)."""
-    artifact_root: Path = Field(default_factory=lambda: meshserve_home() / "mlartifacts")
-    """Artifact root of the experiment, used when the experiment is created (default $MESHSERVE_HOME/mlartifacts)."""
+    artifact_root: Path | None = None
+    """Artifact root of the experiment, used when the experiment is created. Unset: $MESHSERVE_HOME/mlartifacts with a local registry; with an MLflow server (http/https) the server's own default (with --serve-artifacts, uploads go through the server, so pods elsewhere can download them)."""
     experiment: str = "driver_ranking"
     """MLflow experiment of the training runs."""
     model_name: str = "driver_ranking"
@@ -62,7 +62,23 @@ class TrainingSettings(BaseSettings):
 
     @classmethod
     def for_home(cls, home: Path, **overrides: Any) -> TrainingSettings:
-        """The default MLflow layout under an explicit MESHSERVE_HOME."""
+        """The default MLflow layout under an explicit MESHSERVE_HOME (an MLflow server given
+        as mlflow_tracking_uri keeps its own artifact default, as from the environment)."""
         root = Path(home).resolve()
-        paths = {"mlflow_tracking_uri": default_tracking_uri(root), "artifact_root": root / "mlartifacts"}
+        paths: dict[str, Any] = {"mlflow_tracking_uri": default_tracking_uri(root)}
+        if not is_server_uri(str(overrides.get("mlflow_tracking_uri", ""))):
+            paths["artifact_root"] = root / "mlartifacts"
         return cls(**{**paths, **overrides})
+
+    def experiment_artifact_root(self) -> Path | None:
+        """Where a new experiment keeps its artifacts; None: wherever the MLflow server puts them."""
+        if self.artifact_root is not None:
+            return self.artifact_root
+        if is_server_uri(self.mlflow_tracking_uri):
+            return None
+        return meshserve_home() / "mlartifacts"
+
+
+def is_server_uri(uri: str) -> bool:
+    """An MLflow tracking server (REST over http/https), not a database or a local path."""
+    return uri.split(":", 1)[0].lower() in ("http", "https")
