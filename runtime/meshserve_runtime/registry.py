@@ -8,6 +8,7 @@ another. Requires the `mlflow` extra.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from meshserve.v1 import types_pb2
@@ -66,3 +67,11 @@ def resolve_alias(tracking_uri: str, name: str, alias: str) -> ResolvedArtifact:
         name=name, version=str(mv.version), run_id=mv.run_id or "", alias=alias, source=mv.source or "",
         sha256=(mv.tags or {}).get(DIGEST_TAG),
     )
+
+
+def bound_http_requests(retries: int, timeout_s: int) -> None:
+    """Bound MLflow's REST client in this process (it reads these variables per request):
+    while the registry is down a lookup then fails in seconds, not minutes, and the
+    service's own loops (start-up retries, the alias watcher's polls) do the retrying."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)

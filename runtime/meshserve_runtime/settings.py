@@ -95,3 +95,14 @@ class ServerSettings(BaseSettings):
     """Explicitly allow plaintext gRPC off loopback where no TLS is configured (served port, gateway's upstream calls): behind a mesh that encrypts, or a trusted network."""
     health_port: int = Field(default=0, ge=0, le=65535)
     """Extra plaintext port serving only grpc.health.v1, for the kubelet's probes: its own server, so it answers while the service port is at max_concurrent_rpcs or speaks TLS (the chart always sets it); 0: none."""
+
+
+class RegistryClientSettings(BaseSettings):
+    """How a service that loads artifacts (preprocess, model) talks to an MLflow server."""
+
+    model_config = SettingsConfigDict(use_attribute_docstrings=True, extra="ignore", frozen=True)
+
+    registry_http_retries: int = Field(default=2, ge=0, le=10)
+    """Retries of one MLflow REST request before a registry lookup fails (sets MLFLOW_HTTP_REQUEST_MAX_RETRIES). MLflow's default, 7 with exponential backoff, holds one alias check for minutes while the registry is down; the service retries on its own: every load_retry_s at start-up, every alias_poll_s for reloads."""
+    registry_http_timeout_s: int = Field(default=15, ge=1)
+    """Seconds one MLflow REST request may wait for the server (sets MLFLOW_HTTP_REQUEST_TIMEOUT; MLflow's default is 120)."""

@@ -12,7 +12,7 @@ from meshserve.inference.v2 import open_inference_pb2_grpc as v2_grpc
 from meshserve_runtime import heap
 from meshserve_runtime.metrics import ARTIFACT_INFO
 from meshserve_runtime.protocol import MODEL_HEALTH_NAME
-from meshserve_runtime.registry import ResolvedArtifact
+from meshserve_runtime.registry import ResolvedArtifact, bound_http_requests
 from meshserve_runtime.reload import AliasWatcher
 from meshserve_runtime.server import Service
 
@@ -66,6 +66,7 @@ class ModelService(Service):
         return loaded
 
     async def load(self) -> bool:
+        bound_http_requests(self.settings.registry_http_retries, self.settings.registry_http_timeout_s)
         loaded = await self._load(None)
         self.servicer.install(loaded)
         ARTIFACT_INFO.info({**loaded.artifact.labels(), "device": str(loaded.device)})

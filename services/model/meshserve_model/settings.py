@@ -7,14 +7,14 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from meshserve_runtime.settings import ServerSettings, meshserve_home
+from meshserve_runtime.settings import RegistryClientSettings, ServerSettings, meshserve_home
 
 
 def _default_tracking_uri() -> str:
     return f"sqlite:///{meshserve_home() / 'mlflow.db'}"
 
 
-class ModelSettings(ServerSettings):
+class ModelSettings(ServerSettings, RegistryClientSettings):
     model_config = SettingsConfigDict(env_prefix="MESHSERVE_MODEL_")
 
     port: int = 50054

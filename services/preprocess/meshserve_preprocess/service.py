@@ -11,7 +11,7 @@ from meshserve.v1 import preprocess_pb2_grpc
 from meshserve_runtime import heap
 from meshserve_runtime.metrics import ARTIFACT_INFO
 from meshserve_runtime.protocol import PREPROCESS_HEALTH_NAME
-from meshserve_runtime.registry import ResolvedArtifact
+from meshserve_runtime.registry import ResolvedArtifact, bound_http_requests
 from meshserve_runtime.reload import AliasWatcher
 from meshserve_runtime.server import Service
 
@@ -66,6 +66,7 @@ class PreprocessService(Service):
         heap.refreeze("previous preprocessor version retired")
 
     async def load(self) -> bool:
+        bound_http_requests(self.settings.registry_http_retries, self.settings.registry_http_timeout_s)
         await self._switch(None)
         self.watcher.start()
         return True
