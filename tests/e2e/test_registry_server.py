@@ -5,6 +5,8 @@ Here a real `mlflow server` (its own process, SQLite backend, artifacts proxied 
 with --artifacts-destination) is the registry:
 - training registers through it, uploading the artifacts through the server's proxy rather
   than writing them to a local path;
+- started while the server is down, preprocess and model stay not ready, each load attempt
+  failing within seconds, and they turn ready once it is up;
 - the services resolve @production and download through it;
 - while the server is down, serving carries on untouched (no request reads the registry;
   only the alias watchers do). Their lookups fail within seconds, not after MLflow's own
@@ -34,7 +36,7 @@ from meshserve_local.stack import HEALTH_NAMES, Stack, free_ports
 
 from tests.e2e.conftest import make_stack_config
 from tests.e2e.test_hot_reload import steady_load
-from tests.fixtures.trained import train_into
+from tests.fixtures.trained import TrainedHome, train_into
 
 pytestmark = pytest.mark.e2e
 
@@ -134,7 +136,15 @@ def _all_serving(stack: Stack) -> dict[str, str]:
     return status
 
 
-def test_served_from_an_mlflow_server_through_its_outage_and_a_release_after(tmp_path_factory: pytest.TempPathFactory) -> None:
+def _wait_logged(stack: Stack, services: tuple[str, ...], message: str, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline and not all(_logged(stack, s, message) for s in services):
+        time.sleep(0.5)
+    for service in services:
+        assert _logged(stack, service, message), (message, stack.log_tail(service))
+
+
+def test_served_from_an_mlflow_server_that_starts_late_goes_down_and_comes_back(tmp_path_factory: pytest.TempPathFactory) -> None:
     home = Path(tmp_path_factory.mktemp("registry-server-home"))
     with mlflow_server(Path(tmp_path_factory.mktemp("mlflow-server"))) as server:
         first = train_into(home, None, seed=7, tracking_uri=server.url)
@@ -149,34 +159,47 @@ def test_served_from_an_mlflow_server_through_its_outage_and_a_release_after(tmp
             prefix = f"MESHSERVE_{service.upper()}_"
             config.extra_env[service] = {prefix + "MLFLOW_TRACKING_URI": server.url, prefix + "ALIAS_POLL_S": "0.5"}
         config.extra_env["gateway"] = {"MESHSERVE_GATEWAY_DEFAULT_TIMEOUT_S": "20"}
-        with Stack(config) as stack, steady_load(stack, first.model_version) as load:
-            # The registry goes away under load: requests never touch it.
-            served_before = len(load.answers)
+        stack = Stack(config)
+        try:
+            # Pods starting while the registry is down: not ready, each load attempt failing
+            # after its bounded retries (MLflow's own default would hold the first for minutes).
             server.stop()
-            assert server.down()
-            # Each watcher's lookup gives up after its bounded retries (about 5 s), logs it,
-            # and the next poll tries again.
-            deadline = time.monotonic() + OUTAGE_S
-            while time.monotonic() < deadline and not all(_logged(stack, s, "alias check failed") for s in ("model", "preprocess")):
-                time.sleep(0.5)
-            assert _logged(stack, "model", "alias check failed"), stack.log_tail("model")
-            assert _logged(stack, "preprocess", "alias check failed"), stack.log_tail("preprocess")
-            assert len(load.answers) > served_before + 20
-            assert _all_serving(stack) == dict.fromkeys(HEALTH_NAMES, "SERVING")
-
-            # Back, and a new release registered through it reaches the running services.
+            stack.start()
+            _wait_logged(stack, ("model", "preprocess"), "loading artifacts failed", OUTAGE_S)
+            assert not stack.is_serving("model") and not stack.is_serving("preprocess")
             server.start()
-            second = train_into(home, None, seed=8, tracking_uri=server.url)
-            assert second.model_version != first.model_version
-            deadline = time.monotonic() + 120
-            while second.model_version not in load.versions() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(1)  # some answers from the new release too
+            stack.wait_ready()
+            _serve_through_an_outage(stack, server, home, first)
+        finally:
+            stack.stop()
 
-        assert not load.errors, (load.errors[:5], stack.log_tail("model"))
-        assert second.model_version in load.versions(), (
-            load.versions(), stack.log_tail("model"), stack.log_tail("preprocess"), server.log_tail()
-        )
-        assert all(model_run == pre_run for _, model_run, pre_run in load.answers)
-        # Every answer came from one of the two releases, each a whole pair.
-        assert {run for _, run, _ in load.answers} == {first.run_id, second.run_id}
+
+def _serve_through_an_outage(stack: Stack, server: MlflowServer, home: Path, first: TrainedHome) -> None:
+    """Steady load while the server goes down, then comes back with a new release."""
+    with steady_load(stack, first.model_version) as load:
+        # The registry goes away under load: requests never touch it.
+        served_before = len(load.answers)
+        server.stop()
+        assert server.down()
+        # Each watcher's lookup gives up after its bounded retries (about 5 s), logs it,
+        # and the next poll tries again.
+        _wait_logged(stack, ("model", "preprocess"), "alias check failed", OUTAGE_S)
+        assert len(load.answers) > served_before + 20
+        assert _all_serving(stack) == dict.fromkeys(HEALTH_NAMES, "SERVING")
+
+        # Back, and a new release registered through it reaches the running services.
+        server.start()
+        second = train_into(home, None, seed=8, tracking_uri=server.url)
+        assert second.model_version != first.model_version
+        deadline = time.monotonic() + 120
+        while second.model_version not in load.versions() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1)  # some answers from the new release too
+
+    assert not load.errors, (load.errors[:5], stack.log_tail("model"))
+    assert second.model_version in load.versions(), (
+        load.versions(), stack.log_tail("model"), stack.log_tail("preprocess"), server.log_tail()
+    )
+    assert all(model_run == pre_run for _, model_run, pre_run in load.answers)
+    # Every answer came from one of the two releases, each a whole pair.
+    assert {run for _, run, _ in load.answers} == {first.run_id, second.run_id}
