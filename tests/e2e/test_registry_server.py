@@ -17,7 +17,6 @@ with --artifacts-destination) is the registry:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -28,14 +27,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from meshserve_local.stack import HEALTH_NAMES, Stack, free_ports
 
 from tests.e2e.conftest import make_stack_config
-from tests.e2e.test_hot_reload import steady_load
+from tests.e2e.test_hot_reload import _logged, steady_load
 from tests.fixtures.trained import TrainedHome, train_into
 
 pytestmark = pytest.mark.e2e
@@ -115,27 +112,6 @@ def mlflow_server(root: Path) -> Iterator[MlflowServer]:
         server.stop()
 
 
-def _logged(stack: Stack, service: str, message: str) -> bool:
-    """True once `service` logged a JSON line whose message starts with `message`."""
-    for line in stack.log_tail(service, 400).splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if str(record.get("message", "")).startswith(message):
-            return True
-    return False
-
-
-def _all_serving(stack: Stack) -> dict[str, str]:
-    status = {}
-    for name in HEALTH_NAMES:
-        with grpc.insecure_channel(stack.config.target(name)) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-            status[name] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    return status
-
-
 def _wait_logged(stack: Stack, services: tuple[str, ...], message: str, within_s: float) -> None:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline and not all(_logged(stack, s, message) for s in services):
@@ -185,7 +161,7 @@ def _serve_through_an_outage(stack: Stack, server: MlflowServer, home: Path, fir
         # and the next poll tries again.
         _wait_logged(stack, ("model", "preprocess"), "alias check failed", OUTAGE_S)
         assert len(load.answers) > served_before + 20
-        assert _all_serving(stack) == dict.fromkeys(HEALTH_NAMES, "SERVING")
+        assert [s for s in HEALTH_NAMES if not stack.is_serving(s)] == []
 
         # Back, and a new release registered through it reaches the running services.
         server.start()
