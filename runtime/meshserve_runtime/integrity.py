@@ -124,13 +124,22 @@ def _download(model_uri: str, tracking_uri: str, dst: str) -> Path:
     import mlflow.artifacts
     from mlflow import MlflowClient
 
-    if model_uri.startswith("models:/"):
-        # Resolved through our own client: MLflow 3.17's download_artifacts drops registry_uri
-        # for models:/ URIs and asks the default registry (sqlite:///mlflow.db in the cwd).
-        name, _, version = model_uri.removeprefix("models:/").partition("/")
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        model_uri = client.get_model_version_download_uri(name, version)
-    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst, tracking_uri=tracking_uri)
+    from meshserve_runtime.registry import access_denied  # here: registry imports this module
+
+    what = f"the artifacts of {model_uri}"
+    try:
+        if model_uri.startswith("models:/"):
+            # Resolved through our own client: MLflow 3.17's download_artifacts drops registry_uri
+            # for models:/ URIs and asks the default registry (sqlite:///mlflow.db in the cwd).
+            name, _, version = model_uri.removeprefix("models:/").partition("/")
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+            model_uri = client.get_model_version_download_uri(name, version)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst, tracking_uri=tracking_uri)
+    except Exception as err:
+        denied = access_denied(err, tracking_uri, what)
+        if denied is not None:
+            raise denied from err
+        raise
     return Path(local)
 
 

@@ -48,6 +48,42 @@ class ArtifactNotFound(LookupError):
     """The registered model or its alias does not exist (yet)."""
 
 
+class RegistryAccessDenied(PermissionError):
+    """The registry turned this service's credentials away (HTTP 401) or did not let them
+    read what it needs (HTTP 403). Retried like any load failure: rights granted later are
+    picked up by the next attempt, with no restart."""
+
+
+#: MLflow's error codes for the two statuses (its REST client maps the HTTP status to them).
+_DENIED_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
+
+
+def access_denied(err: BaseException, tracking_uri: str, what: str) -> RegistryAccessDenied | None:
+    """`err` restated for whoever configures the pod, when it is the registry refusing access
+    to `what`; None for any other failure. MLflow's own message names an endpoint, not the
+    setting or the right that is missing."""
+    response = getattr(err, "response", None)  # requests.HTTPError: an artifact download
+    status = getattr(response, "status_code", None)
+    if not isinstance(status, int):
+        status = _DENIED_CODES.get(str(getattr(err, "error_code", "")))  # MlflowException: the REST API
+    where = redact_url(tracking_uri)
+    if status == 401:
+        return RegistryAccessDenied(
+            f"the MLflow registry at {where} did not accept this service's credentials (HTTP 401) when reading {what}: "
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN "
+            "(in the Helm chart: a Secret named by mlflow.existingSecret, its keys mapped by mlflow.secretEnv)"
+        )
+    if status == 403:
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+        who = f"user {user!r}" if user else "the credentials in use"
+        return RegistryAccessDenied(
+            f"the MLflow registry at {where} does not let {who} read {what} (HTTP 403): the serving identity needs "
+            "READ on the registered model and on the experiment that holds its runs (the artifacts are downloaded "
+            "through the run)"
+        )
+    return None
+
+
 def resolve_alias(tracking_uri: str, name: str, alias: str) -> ResolvedArtifact:
     """Look up which version `alias` points at; raise ArtifactNotFound if it points nowhere."""
     from mlflow import MlflowClient
@@ -62,6 +98,9 @@ def resolve_alias(tracking_uri: str, name: str, alias: str) -> ResolvedArtifact:
                 f"no version of registered model {name!r} has alias {alias!r} in {redact_url(tracking_uri)} "
                 "(train and register one with `make train`)"
             ) from err
+        denied = access_denied(err, tracking_uri, f"the alias {alias!r} of registered model {name!r}")
+        if denied is not None:
+            raise denied from err
         raise
     return ResolvedArtifact(
         name=name, version=str(mv.version), run_id=mv.run_id or "", alias=alias, source=mv.source or "",

@@ -640,3 +640,23 @@ def test_the_features_pods_settings_load_as_rendered(case: str, docs: list[Doc],
         if settings.registry_kind == "file" and not values["features"]["feast"]["existingSecret"]:
             # A file registry must live in a mounted volume, not the pod's throw-away cache.
             assert any(settings.feast_registry.startswith(path.rstrip("/") + "/") for path in mounts.values()), settings.feast_registry
+
+
+def test_registry_basic_auth_credentials_replace_the_default_token() -> None:
+    """The README's basic-auth recipe: username and password from the Secret, and the default
+    token mapping dropped with null (Helm deletes a default key set to null), so no pod waits
+    on a Secret key that does not exist."""
+    docs = render({"mlflow": {"existingSecret": "mlflow-credentials", "secretEnv": {
+        "MLFLOW_TRACKING_USERNAME": "username", "MLFLOW_TRACKING_PASSWORD": "password", "MLFLOW_TRACKING_TOKEN": None,
+    }}})
+    for dep in by_kind(docs, "Deployment"):
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container(dep).get("env") or []
+                if "secretKeyRef" in e.get("valueFrom", {})}
+        mlflow_refs = {name: ref for name, ref in refs.items() if name.startswith("MLFLOW_")}
+        if component(dep) in ("preprocess", "model"):
+            assert mlflow_refs == {
+                "MLFLOW_TRACKING_USERNAME": {"name": "mlflow-credentials", "key": "username"},
+                "MLFLOW_TRACKING_PASSWORD": {"name": "mlflow-credentials", "key": "password"},
+            }
+        else:
+            assert mlflow_refs == {}  # gateway and features never read the registry

@@ -49,21 +49,23 @@ class MlflowServer:
     """`mlflow server` in its own process group on a loopback port, restartable on the same
     backend and artifact store."""
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(self, root: Path, port: int, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.root = root
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.args = args  # more `mlflow server` options (e.g. --app-name basic-auth)
+        self.env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the process owns it
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # 2 processes, not 10
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **self.env}  # 2 processes, not 10
         self.proc = subprocess.Popen(
             [
                 sys.executable, "-m", "mlflow", "server",
                 "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
                 "--artifacts-destination", str(self.root / "artifacts"),
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1", *self.args,
             ],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
@@ -103,8 +105,8 @@ class MlflowServer:
 
 
 @contextmanager
-def mlflow_server(root: Path) -> Iterator[MlflowServer]:
-    server = MlflowServer(root, free_ports(1)[0])
+def mlflow_server(root: Path, *, args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Iterator[MlflowServer]:
+    server = MlflowServer(root, free_ports(1)[0], args=args, env=env)
     server.start()
     try:
         yield server
