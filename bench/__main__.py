@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             results["cells"] += run_loadgen(pick(echo_cells), tmp, "echo")
 
     if not only or "floors" in only:
-        print("Redis, in-process Feast and forward-pass floors...", flush=True)
+        print("Redis, in-process Feast and forward-pass floors, native calls after idle...", flush=True)
         from bench.floors import feast_store, inprocess_feast, inprocess_meshserve, redis_floor
 
         store = feast_store(s.home, s.redis_url)
@@ -259,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "bench.forward", str(fwd), str(s.floor_seconds)], cwd=REPO, check=True,
                        env={**os.environ, "MESHSERVE_HOME": str(s.home), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
         results["floors"]["forward"] = json.loads(fwd.read_text())
+        # What the handlers' native calls cost after an idle spell on this VM (it differs
+        # between VMs by several times, and c=1 moves with it): in a process of its own.
+        idle = tmp / "idle_cost.json"
+        subprocess.run([sys.executable, "-m", "bench.idle_cost", "--json", str(idle)], cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL)
+        results["floors"]["idle_cost"] = json.loads(idle.read_text())
 
     spans = tmp / "spans.txt"
     if spans.exists():

@@ -1,21 +1,24 @@
 """What one library call costs right after another, and after the process sat still.
 
-`python -m bench.idle_cost [CALLS]` prints a markdown table: the median time of each call
+`python -m bench.idle_cost [CALLS] [--json PATH]` prints a markdown table: the median time of each call
 back to back, after 5 ms asleep (as every service is at c=1 while the others work), and
 after 5 ms busy in a Python loop. The calls are the native work on the c=1 path, built
 the way the services build it, from the demo's own classes, fitted on random data (no
 registry needed): numpy, torch, the ONNX Runtime graph of the demo preprocessor
 (compiled by the preprocess service's own `compile_pipeline`), and the demo MLP as the
 model service serves it (jit trace, frozen, optimized for inference). A pure-Python loop
-is the control. bench/NOTES.md quotes its output.
+is the control. `make bench` runs it after the floors and puts the table in RESULTS.md,
+so each run carries its VM's figures; bench/NOTES.md quotes them.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -74,17 +77,39 @@ def _median_us(call: Callable[[], object], pause: str, calls: int) -> float:
     return statistics.median(times) * 1e6
 
 
-def main() -> None:
-    calls = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    print(f"| call (median of {calls}) | back to back | after {PAUSE_S * 1e3:g} ms asleep | after {PAUSE_S * 1e3:g} ms busy in Python |")
-    print("|---|---|---|---|")
+def measure(calls: int) -> list[dict[str, float | str]]:
+    """Each call's median time back to back, after PAUSE_S asleep, and after PAUSE_S busy."""
+    rows: list[dict[str, float | str]] = []
     for name, call in _calls().items():
         for _ in range(WARM_CALLS):
             call()
-        hot = _median_us(call, "", calls)
-        asleep = _median_us(call, "sleep", calls)
-        busy = _median_us(call, "spin", calls)
-        print(f"| {name} | {hot:.1f} us | {asleep:.1f} us ({asleep / hot:.0f}x) | {busy:.1f} us ({busy / hot:.0f}x) |")
+        rows.append({"call": name, "hot_us": _median_us(call, "", calls), "asleep_us": _median_us(call, "sleep", calls),
+                     "busy_us": _median_us(call, "spin", calls)})
+    return rows
+
+
+def table(rows: list[dict[str, float | str]], calls: int) -> list[str]:
+    """Markdown rows: each median, and after a pause its multiple of the back-to-back one."""
+    pause = f"{PAUSE_S * 1e3:g} ms"
+    lines = [f"| call (median of {calls}) | back to back | after {pause} asleep | after {pause} busy in Python |",
+             "|---|---|---|---|"]
+    for r in rows:
+        hot, asleep, busy = float(r["hot_us"]), float(r["asleep_us"]), float(r["busy_us"])
+        lines.append(f"| {r['call']} | {hot:.1f} us | {asleep:.1f} us ({asleep / hot:.0f}x) | {busy:.1f} us ({busy / hot:.0f}x) |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m bench.idle_cost [CALLS] [--json PATH]`: print the table; with --json, also
+    write the medians there (`make bench` keeps them in results.json)."""
+    parser = argparse.ArgumentParser(prog="python -m bench.idle_cost", description=__doc__.splitlines()[0])
+    parser.add_argument("calls", nargs="?", type=int, default=300, help="timed calls per median (default 300)")
+    parser.add_argument("--json", type=Path, help="also write the medians to this file")
+    args = parser.parse_args(argv)
+    rows = measure(args.calls)
+    print("\n".join(table(rows, args.calls)))
+    if args.json is not None:
+        args.json.write_text(json.dumps({"calls": args.calls, "pause_ms": PAUSE_S * 1e3, "rows": rows}))
 
 
 if __name__ == "__main__":

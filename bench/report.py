@@ -343,6 +343,15 @@ def render(results: dict) -> str:
         lines += ["", "The Redis floor sends exactly the commands Feast's Redis store sends for `driver_ranking_v1` "
                   "(one HMGET per unique entity per feature view, built with Feast's own key/field helpers), "
                   "in one non-transactional pipeline, without decoding: the network + Redis share of a read."]
+    if (idle := f.get("idle_cost")) is not None:
+        from bench.idle_cost import table
+
+        lines += ["", "## Native calls after an idle spell", "",
+                  "`python -m bench.idle_cost`, after the floors, in a process of its own: the native calls of a c=1 "
+                  "request (built as the services build them) timed back to back, after the process slept, and after it "
+                  f"ran a Python loop, {idle['pause_ms']:g} ms each time, as every service sits still at c=1 while the "
+                  "others work. How much slower the calls run cold differs between VMs by several times, and the c=1 "
+                  "cells move with it.", "", *table(idle["rows"], idle["calls"])]
     lines += ["", "## Machine", ""] + [f"- {k}: {v}" for k, v in r["machine"].items()]
     lines += ["", "## Versions", ""] + [f"- {k} {v}" for k, v in r["versions"].items()]
     if NOTES.exists():

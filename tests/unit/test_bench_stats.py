@@ -157,6 +157,23 @@ def test_the_cost_split_subtracts_the_sides_mean_p50s() -> None:
     assert "| redis | 100 |  |  |" in text
 
 
+def test_the_idle_cost_table_shows_each_median_and_its_multiple() -> None:
+    from bench.report import render
+
+    idle = {"calls": 300, "pause_ms": 5.0, "rows": [
+        {"call": "torch `x + 1` on a 1x6 tensor", "hot_us": 2.0, "asleep_us": 20.0, "busy_us": 6.0},
+    ]}
+    results = {"date": "d", "wall_seconds": 1, "settings": {"warmup_seconds": 1, "seconds": 1, "floor_seconds": 1},
+               "targets": [], "cells": [], "floors": {"idle_cost": idle}, "machine": {}, "versions": {}}
+    text = render(results)
+    assert "## Native calls after an idle spell" in text
+    assert "| call (median of 300) | back to back | after 5 ms asleep | after 5 ms busy in Python |" in text
+    assert "| torch `x + 1` on a 1x6 tensor | 2.0 us | 20.0 us (10x) | 6.0 us (3x) |" in text
+    # Runs from before it was measured render without the section.
+    results["floors"] = {}
+    assert "Native calls after an idle spell" not in render(results)
+
+
 def test_replaying_computes_the_first_answer_and_returns_it_after() -> None:
     import asyncio
 
