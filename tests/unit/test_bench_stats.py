@@ -171,7 +171,7 @@ def test_the_idle_cost_table_shows_each_median_and_its_multiple() -> None:
     assert "| torch `x + 1` on a 1x6 tensor | 2.0 us | 20.0 us (10x) | 6.0 us (3x) |" in text
     # Runs from before it was measured render without the section.
     results["floors"] = {}
-    assert "Native calls after an idle spell" not in render(results)
+    assert "## Native calls after an idle spell" not in render(results)
 
 
 def test_replaying_computes_the_first_answer_and_returns_it_after() -> None:
