@@ -18,6 +18,8 @@ user of their own:
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,11 +66,13 @@ def _wait_for_log(stack: Stack, service: str, *fragments: str) -> None:
     raise AssertionError((fragments, stack.log_tail(service, 5)))
 
 
-def _wait_serving(stack: Stack, service: str) -> None:
-    deadline = time.monotonic() + ATTEMPT_S
-    while not stack.is_serving(service) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert stack.is_serving(service), stack.log_tail(service, 20)
+@contextmanager
+def _as_admin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The admin's credentials in this test process only: the stack must not inherit them."""
+    with monkeypatch.context() as admin:
+        for name, value in _credentials(*ADMIN).items():
+            admin.setenv(name, value)
+        yield
 
 
 def test_services_read_an_auth_enabled_registry_with_their_own_credentials(
@@ -85,9 +89,7 @@ def test_services_read_an_auth_enabled_registry_with_their_own_credentials(
         from mlflow import MlflowClient
         from mlflow.server import get_app_client
 
-        with monkeypatch.context() as admin:  # the test process only: the stack must not inherit it
-            for name, value in _credentials(*ADMIN).items():
-                admin.setenv(name, value)
+        with _as_admin(monkeypatch):
             trained = train_into(home, None, seed=7, tracking_uri=server.url)
             experiment_id = MlflowClient(tracking_uri=server.url).get_run(trained.run_id).info.experiment_id
             users = get_app_client("basic-auth", tracking_uri=server.url)
@@ -109,13 +111,11 @@ def test_services_read_an_auth_enabled_registry_with_their_own_credentials(
                           "on the experiment that holds its runs")
             assert not stack.is_serving("model") and not stack.is_serving("preprocess")
 
-            with monkeypatch.context() as admin:
-                for name, value in _credentials(*ADMIN).items():
-                    admin.setenv(name, value)
+            with _as_admin(monkeypatch):
                 get_app_client("basic-auth", tracking_uri=server.url).grant_user_permission(
                     READER[0], "experiment", experiment_id, "READ"
                 )
-            _wait_serving(stack, "preprocess")  # its next attempt, same process
+            stack.wait_service_ready("preprocess", ATTEMPT_S)  # its next attempt, same process
             assert not stack.is_serving("model")  # still the wrong password
 
             stack.stop_service("model")
