@@ -28,6 +28,7 @@ WARM_CALLS = 50
 
 def _calls() -> dict[str, Callable[[], object]]:
     import torch
+    from meshserve_model.model import _traced
     from meshserve_preprocess.compiled import compile_pipeline
     from meshserve_training.model import RankingMLP
     from meshserve_training.preprocessor import build_preprocessor
@@ -36,9 +37,10 @@ def _calls() -> dict[str, Callable[[], object]]:
     n = 6
     x64 = np.random.default_rng(0).normal(size=(500, n))
     transform = compile_pipeline(build_preprocessor().fit(x64), n)
-    with torch.inference_mode():
-        module = RankingMLP(n).eval()
-        served = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(module, torch.zeros(8, n)).eval()))
+    # The model service's own trace-freeze-optimize step (with its check against the module).
+    served = _traced(RankingMLP(n).eval(), n, torch.device("cpu"), torch.float32)
+    if served is None:
+        raise RuntimeError("the demo MLP did not trace as the model service traces it (see the log above)")
     row64 = np.zeros((1, n))
     row32 = np.zeros((1, n), dtype=np.float32)
     tensor = torch.zeros(1, n)
