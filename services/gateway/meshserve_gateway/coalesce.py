@@ -144,9 +144,7 @@ class Coalescer(Generic[T, R]):
     async def submit(self, key: Hashable, item: T, rows: int, deadline: Deadline, callers: int = 1) -> R:
         """Serve `item` (`rows` rows, on behalf of `callers` gateway callers), alone or in a group."""
         if not self.enabled or rows >= self.max_rows:
-            if self._on_dispatch is not None:
-                self._on_dispatch(callers, rows)
-            return await self._run_one(item, deadline)
+            return await self._alone(item, rows, deadline, callers)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
@@ -154,10 +152,8 @@ class Coalescer(Generic[T, R]):
             # Idle lane: go now. The caller's own task runs the call (no hand-off cost).
             lane.in_flight += 1
             lane.busy_until = max(lane.busy_until, deadline.end)
-            if self._on_dispatch is not None:
-                self._on_dispatch(callers, rows)
             try:
-                return await self._run_one(item, deadline)
+                return await self._alone(item, rows, deadline, callers)
             finally:
                 lane.in_flight -= 1
                 self._on_idle(key, lane)
@@ -165,9 +161,7 @@ class Coalescer(Generic[T, R]):
         if size >= self.max_bytes:
             # Too big to share a call: alone and at once (its own call fits as well as it
             # would have uncoalesced).
-            if self._on_dispatch is not None:
-                self._on_dispatch(callers, rows)
-            return await self._run_one(item, deadline)
+            return await self._alone(item, rows, deadline, callers)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         current = trace.get_current_span()  # an existing object (INVALID_SPAN when tracing is off)
@@ -203,6 +197,13 @@ class Coalescer(Generic[T, R]):
         finally:
             if expiry is not None:
                 expiry.cancel()
+
+    def _alone(self, item: T, rows: int, deadline: Deadline, callers: int) -> Awaitable[R]:
+        """One internal call for this caller alone, counted like any other (the call
+        itself, not a coroutine around it: no extra frame on the c=1 path)."""
+        if self._on_dispatch is not None:
+            self._on_dispatch(callers, rows)
+        return self._run_one(item, deadline)
 
     def _trace_member(self, m: _Member[T, R], err: BaseException | None) -> None:
         """A member served by another caller's call: in its own trace, a `gateway.coalesced`
