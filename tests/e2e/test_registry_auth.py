@@ -13,18 +13,33 @@ user of their own:
 - READ on the experiment granted while the service keeps retrying: it turns ready on its
   next attempt, with no restart;
 - the right password: the whole stack serves the registered release.
+
+The chart's default credential is a token instead (mlflow.secretEnv maps
+MLFLOW_TRACKING_TOKEN), which MLflow sends as `Authorization: Bearer`. MLflow's own
+server does not check tokens; the deployments that issue them put an authenticating
+proxy in front of it. Here a small reverse proxy (the test's own, in front of a real
+`mlflow server`) refuses any other token with HTTP 401 as such proxies do, plain text,
+not MLflow's JSON:
+- a wrong token: not ready, and the log names MLFLOW_TRACKING_TOKEN;
+- the right one: the stack serves, and the token rode on the artifact downloads as well
+  as on the registry's REST calls.
 """
 
 from __future__ import annotations
 
+import http.client
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from meshserve_local.stack import Stack
+from meshserve_local.stack import Stack, free_ports
 
 from tests.e2e.conftest import make_stack_config
 from tests.e2e.test_hot_reload import steady_load
@@ -38,6 +53,12 @@ READER = ("meshserve-reader", "reader-pw-for-the-test")
 
 #: Longest wait for a service's next load attempt to log or succeed (attempts are 5 s apart).
 ATTEMPT_S = 60.0
+
+TOKEN = "meshserve-token-for-the-test"
+
+#: Not forwarded: they describe one connection, not the request.
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+               "proxy-authorization", "proxy-authenticate", "content-length", "host", "authorization"}
 
 
 def _auth_config(root: Path) -> Path:
@@ -128,3 +149,107 @@ def test_services_read_an_auth_enabled_registry_with_their_own_credentials(
             assert {run for _, run, _ in load.answers} == {trained.run_id}
         finally:
             stack.stop()
+
+
+class BearerProxy:
+    """A reverse proxy on a loopback port that lets through only `Authorization: Bearer
+    <token>` and answers anything else 401 in plain text, as an authenticating proxy in
+    front of MLflow does. Counts what it passed and refused, by path."""
+
+    def __init__(self, upstream: str, token: str) -> None:
+        self.upstream = urlsplit(upstream)
+        self.token = token
+        self.passed: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if self.headers.get("Authorization") != f"Bearer {proxy.token}":
+                    with proxy._lock:
+                        proxy.refused[path] += 1
+                    body = b"401 Authorization Required\n"
+                    self.send_response(401)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("WWW-Authenticate", 'Bearer realm="mlflow"')
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                with proxy._lock:
+                    proxy.passed[path] += 1
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length) if length else None
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+                try:
+                    upstream.request(self.command, self.path, body=data, headers=headers)
+                    reply = upstream.getresponse()
+                    body = reply.read()
+                    self.send_response(reply.status)
+                    for k, v in reply.getheaders():
+                        if k.lower() not in _HOP_BY_HOP:
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                finally:
+                    upstream.close()
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+                pass  # counted above; pytest's output stays readable
+
+        self.port = free_ports(1)[0]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> BearerProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+
+def test_services_send_the_chart_default_token_through_an_authenticating_proxy(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    root = Path(tmp_path_factory.mktemp("mlflow-token-server"))
+    home = Path(tmp_path_factory.mktemp("registry-token-home"))
+    with mlflow_server(root) as server, BearerProxy(server.url, TOKEN) as proxy:
+        trained = train_into(home, None, seed=7, tracking_uri=server.url)  # the trainer's own way in
+
+        config = make_stack_config(home, "sqlite")
+        for service, token in (("preprocess", TOKEN), ("model", "not-the-token")):
+            config.extra_env[service] = {
+                f"MESHSERVE_{service.upper()}_MLFLOW_TRACKING_URI": proxy.url, "MLFLOW_TRACKING_TOKEN": token
+            }
+        config.extra_env["gateway"] = {"MESHSERVE_GATEWAY_DEFAULT_TIMEOUT_S": "20"}
+        stack = Stack(config)
+        try:
+            stack.start()
+            _wait_for_log(stack, "model", "loading artifacts failed", "HTTP 401", "MLFLOW_TRACKING_TOKEN")
+            stack.wait_service_ready("preprocess", ATTEMPT_S)
+            assert not stack.is_serving("model")
+            assert proxy.refused, "the model service's wrong token never reached the proxy"
+
+            stack.stop_service("model")
+            config.extra_env["model"]["MLFLOW_TRACKING_TOKEN"] = TOKEN
+            stack.start_service("model")
+            stack.wait_ready()
+            with steady_load(stack, trained.model_version) as load:
+                time.sleep(1)
+            assert load.answers and not load.errors, load.errors[:5]
+            assert {run for _, run, _ in load.answers} == {trained.run_id}
+        finally:
+            stack.stop()
+    # Both kinds of request carried the token: the alias lookups and the artifact downloads.
+    assert any(path.startswith("/api/2.0/mlflow/registered-models/alias") for path in proxy.passed), proxy.passed
+    assert any("mlflow-artifacts" in path for path in proxy.passed), proxy.passed
