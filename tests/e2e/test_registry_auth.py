@@ -5,14 +5,14 @@ preprocess and model from a Secret (mlflow.existingSecret; MLflow reads
 MLFLOW_TRACKING_USERNAME / _PASSWORD or _TOKEN). Here the server grants nothing by
 default (NO_PERMISSIONS), training registers as its admin, and the services read as a
 user of their own:
-- a wrong password: not ready, and the log says the credentials were refused (HTTP 401)
-  and which settings carry them;
-- a user with READ on the two registered models only: not ready, and the log says HTTP
-  403, names the user, and the READ on the experiment it also needs (the artifacts are
-  downloaded through the run);
-- READ on the experiment granted while the service keeps retrying: it turns ready on its
-  next attempt, with no restart;
-- the right password: the whole stack serves the registered release.
+- model's user, not created yet: not ready, and the log says the credentials were
+  refused (HTTP 401) and which settings carry them;
+- preprocess's user, with READ on the two registered models only: not ready, and the log
+  says HTTP 403, names the user, and the READ on the experiment it also needs (the
+  artifacts are downloaded through the run);
+- READ on the experiment granted, and model's user created with its rights, while the
+  services keep retrying: each turns ready on its next attempt, with no restart, and the
+  whole stack serves the registered release.
 
 The chart's default credential is a token instead (mlflow.secretEnv maps
 MLFLOW_TRACKING_TOKEN), which MLflow sends as `Authorization: Bearer`. MLflow's own
@@ -20,9 +20,10 @@ server does not check tokens; the deployments that issue them put an authenticat
 proxy in front of it. Here a small reverse proxy (the test's own, in front of a real
 `mlflow server`) refuses any other token with HTTP 401 as such proxies do, plain text,
 not MLflow's JSON:
-- a wrong token: not ready, and the log names MLFLOW_TRACKING_TOKEN;
-- the right one: the stack serves, and the token rode on the artifact downloads as well
-  as on the registry's REST calls.
+- a token the proxy does not know: not ready, and the log names MLFLOW_TRACKING_TOKEN;
+- the proxy accepts that token later (issued after the pods started): the service turns
+  ready on its next attempt, with no restart, the stack serves, and the token rode on the
+  artifact downloads as well as on the registry's REST calls.
 """
 
 from __future__ import annotations
@@ -50,11 +51,12 @@ pytestmark = pytest.mark.e2e
 
 ADMIN = ("admin", "admin-pw-for-the-test")
 READER = ("meshserve-reader", "reader-pw-for-the-test")
+LATE_READER = ("meshserve-model-reader", "created-after-the-pods-started")
 
 #: Longest wait for a service's next load attempt to log or succeed (attempts are 5 s apart).
 ATTEMPT_S = 60.0
 
-TOKEN = "meshserve-token-for-the-test"
+TOKENS = ("meshserve-token-for-the-test", "meshserve-token-issued-later")
 
 #: Not forwarded: they describe one connection, not the request.
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
@@ -119,9 +121,9 @@ def test_services_read_an_auth_enabled_registry_with_their_own_credentials(
                 users.grant_user_permission(READER[0], "registered_model", model, "READ")
 
         config = make_stack_config(home, "sqlite")
-        for service, password in (("preprocess", READER[1]), ("model", "not-the-password")):
+        for service, user in (("preprocess", READER), ("model", LATE_READER)):
             config.extra_env[service] = {
-                f"MESHSERVE_{service.upper()}_MLFLOW_TRACKING_URI": server.url, **_credentials(READER[0], password)
+                f"MESHSERVE_{service.upper()}_MLFLOW_TRACKING_URI": server.url, **_credentials(*user)
             }
         config.extra_env["gateway"] = {"MESHSERVE_GATEWAY_DEFAULT_TIMEOUT_S": "20"}
         stack = Stack(config)
@@ -133,15 +135,17 @@ def test_services_read_an_auth_enabled_registry_with_their_own_credentials(
             assert not stack.is_serving("model") and not stack.is_serving("preprocess")
 
             with _as_admin(monkeypatch):
-                get_app_client("basic-auth", tracking_uri=server.url).grant_user_permission(
-                    READER[0], "experiment", experiment_id, "READ"
-                )
+                users = get_app_client("basic-auth", tracking_uri=server.url)
+                users.grant_user_permission(READER[0], "experiment", experiment_id, "READ")
             stack.wait_service_ready("preprocess", ATTEMPT_S)  # its next attempt, same process
-            assert not stack.is_serving("model")  # still the wrong password
+            assert not stack.is_serving("model")  # its user still does not exist
 
-            stack.stop_service("model")
-            config.extra_env["model"].update(_credentials(*READER))
-            stack.start_service("model")
+            with _as_admin(monkeypatch):
+                users.create_user(*LATE_READER)
+                for model in ("driver_ranking", "driver_ranking_preprocessor"):
+                    users.grant_user_permission(LATE_READER[0], "registered_model", model, "READ")
+                users.grant_user_permission(LATE_READER[0], "experiment", experiment_id, "READ")
+            stack.wait_service_ready("model", ATTEMPT_S)
             stack.wait_ready()
             with steady_load(stack, trained.model_version) as load:
                 time.sleep(1)
@@ -153,12 +157,12 @@ def test_services_read_an_auth_enabled_registry_with_their_own_credentials(
 
 class BearerProxy:
     """A reverse proxy on a loopback port that lets through only `Authorization: Bearer
-    <token>` and answers anything else 401 in plain text, as an authenticating proxy in
-    front of MLflow does. Counts what it passed and refused, by path."""
+    <token>` with a token it accepts and answers anything else 401 in plain text, as an
+    authenticating proxy in front of MLflow does. Counts what it passed and refused, by path."""
 
     def __init__(self, upstream: str, token: str) -> None:
         self.upstream = urlsplit(upstream)
-        self.token = token
+        self.accepted = {f"Bearer {token}"}
         self.passed: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -167,7 +171,7 @@ class BearerProxy:
         class Handler(BaseHTTPRequestHandler):
             def _forward(self) -> None:
                 path = self.path.split("?", 1)[0]
-                if self.headers.get("Authorization") != f"Bearer {proxy.token}":
+                if self.headers.get("Authorization") not in proxy.accepted:
                     with proxy._lock:
                         proxy.refused[path] += 1
                     body = b"401 Authorization Required\n"
@@ -208,6 +212,9 @@ class BearerProxy:
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
+    def accept(self, token: str) -> None:
+        self.accepted = self.accepted | {f"Bearer {token}"}  # one swap: handler threads read it
+
     def __enter__(self) -> BearerProxy:
         self._thread.start()
         return self
@@ -223,11 +230,11 @@ def test_services_send_the_chart_default_token_through_an_authenticating_proxy(
 ) -> None:
     root = Path(tmp_path_factory.mktemp("mlflow-token-server"))
     home = Path(tmp_path_factory.mktemp("registry-token-home"))
-    with mlflow_server(root) as server, BearerProxy(server.url, TOKEN) as proxy:
+    with mlflow_server(root) as server, BearerProxy(server.url, TOKENS[0]) as proxy:
         trained = train_into(home, None, seed=7, tracking_uri=server.url)  # the trainer's own way in
 
         config = make_stack_config(home, "sqlite")
-        for service, token in (("preprocess", TOKEN), ("model", "not-the-token")):
+        for service, token in (("preprocess", TOKENS[0]), ("model", TOKENS[1])):
             config.extra_env[service] = {
                 f"MESHSERVE_{service.upper()}_MLFLOW_TRACKING_URI": proxy.url, "MLFLOW_TRACKING_TOKEN": token
             }
@@ -238,11 +245,10 @@ def test_services_send_the_chart_default_token_through_an_authenticating_proxy(
             _wait_for_log(stack, "model", "loading artifacts failed", "HTTP 401", "MLFLOW_TRACKING_TOKEN")
             stack.wait_service_ready("preprocess", ATTEMPT_S)
             assert not stack.is_serving("model")
-            assert proxy.refused, "the model service's wrong token never reached the proxy"
+            assert proxy.refused, "the model service's token, not yet accepted, never reached the proxy"
 
-            stack.stop_service("model")
-            config.extra_env["model"]["MLFLOW_TRACKING_TOKEN"] = TOKEN
-            stack.start_service("model")
+            proxy.accept(TOKENS[1])
+            stack.wait_service_ready("model", ATTEMPT_S)  # its next attempt, same process
             stack.wait_ready()
             with steady_load(stack, trained.model_version) as load:
                 time.sleep(1)
