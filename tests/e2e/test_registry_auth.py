@@ -45,7 +45,7 @@ from meshserve_local.stack import Stack, free_ports
 from tests.e2e.conftest import make_stack_config
 from tests.e2e.test_hot_reload import steady_load
 from tests.e2e.test_registry_server import mlflow_server
-from tests.fixtures.trained import train_into
+from tests.fixtures.trained import TrainedHome, train_into
 
 pytestmark = pytest.mark.e2e
 
@@ -87,6 +87,17 @@ def _wait_for_log(stack: Stack, service: str, *fragments: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError((fragments, stack.log_tail(service, 5)))
+
+
+def _model_turns_ready_then_all_serve(stack: Stack, trained: TrainedHome) -> None:
+    """The model service's next load attempt succeeds (same process, no restart); then the
+    whole stack answers steady load from the trained release, with no error."""
+    stack.wait_service_ready("model", ATTEMPT_S)
+    stack.wait_ready()
+    with steady_load(stack, trained.model_version) as load:
+        time.sleep(1)
+    assert load.answers and not load.errors, load.errors[:5]
+    assert {run for _, run, _ in load.answers} == {trained.run_id}
 
 
 @contextmanager
@@ -145,12 +156,7 @@ def test_services_read_an_auth_enabled_registry_with_their_own_credentials(
                 for model in ("driver_ranking", "driver_ranking_preprocessor"):
                     users.grant_user_permission(LATE_READER[0], "registered_model", model, "READ")
                 users.grant_user_permission(LATE_READER[0], "experiment", experiment_id, "READ")
-            stack.wait_service_ready("model", ATTEMPT_S)
-            stack.wait_ready()
-            with steady_load(stack, trained.model_version) as load:
-                time.sleep(1)
-            assert load.answers and not load.errors, load.errors[:5]
-            assert {run for _, run, _ in load.answers} == {trained.run_id}
+            _model_turns_ready_then_all_serve(stack, trained)
         finally:
             stack.stop()
 
@@ -248,12 +254,7 @@ def test_services_send_the_chart_default_token_through_an_authenticating_proxy(
             assert proxy.refused, "the model service's token, not yet accepted, never reached the proxy"
 
             proxy.accept(TOKENS[1])
-            stack.wait_service_ready("model", ATTEMPT_S)  # its next attempt, same process
-            stack.wait_ready()
-            with steady_load(stack, trained.model_version) as load:
-                time.sleep(1)
-            assert load.answers and not load.errors, load.errors[:5]
-            assert {run for _, run, _ in load.answers} == {trained.run_id}
+            _model_turns_ready_then_all_serve(stack, trained)
         finally:
             stack.stop()
     # Both kinds of request carried the token: the alias lookups and the artifact downloads.
