@@ -71,6 +71,10 @@ def _auth_config(root: Path) -> Path:
         f"database_uri = sqlite:///{root / 'auth.db'}\n"
         f"admin_username = {ADMIN[0]}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # MLflow's own opt-in: a credential that passed is not hashed again for 60 s (a
+        # password check costs tens of ms by design, and training sends hundreds of
+        # requests). Only successes are cached, so a refused user stays refused.
+        "auth_cache_ttl_seconds = 60\n"
     )
     return config
 
