@@ -214,7 +214,15 @@ def main(argv: list[str] | None = None) -> int:
 
         if pick(obs_cells):
             print("observability on vs off (a second stack with OTEL_SDK_DISABLED=true):", flush=True)
-            stack.enter_context(Stack(off_config))
+            off_stack = stack.enter_context(Stack(off_config))
+            # Each cell records its stack's CPU per request, so a cell far off its side's others
+            # can be told apart: every process slower (the host) or one (the code).
+            from bench.floors import redis_pid
+
+            redis = {"redis": pid} if (pid := redis_pid(s.redis_url)) else {}
+            for c in obs_cells:
+                cell_stack = main_stack if c["name"].startswith("obs_on_") else off_stack
+                c["pids"] = {n: p.pid for n, p in cell_stack.procs.items()} | redis
             results["observability"] = run_loadgen(pick(obs_cells), tmp, "observability")
 
         if pick(features_cells):

@@ -262,9 +262,20 @@ def _cpu(cell: dict) -> str:
 
 
 def _short_table(cells: list[dict]) -> list[str]:
-    """Rows of cells without stage columns (the observability and interleaved cells)."""
-    return ["| cell | RPS | p50 | p99 | errors | CPU busy / steal % |", "|---|---|---|---|---|---|"] + [
-        f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | {_cpu(c)} |" for c in cells]
+    """Rows of cells without stage columns (the observability and interleaved cells), with the
+    CPU per request of the cell's own server processes when the run recorded it."""
+    if not any(c.get("cpu_us_per_request") for c in cells):
+        return ["| cell | RPS | p50 | p99 | errors | CPU busy / steal % |", "|---|---|---|---|---|---|"] + [
+            f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | {_cpu(c)} |" for c in cells]
+
+    def servers(c: dict) -> str:
+        per = c.get("cpu_us_per_request") or {}
+        return f"{sum(per.values()):.0f}" if per else ""
+
+    return ["| cell | RPS | p50 | p99 | errors | servers' CPU per request, us | CPU busy / steal % |",
+            "|---|---|---|---|---|---|---|"] + [
+        f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | {servers(c)} | {_cpu(c)} |"
+        for c in cells]
 
 
 def render(results: dict) -> str:
@@ -306,7 +317,9 @@ def render(results: dict) -> str:
                   "with `OTEL_SDK_DISABLED=true` (no tracing SDK, no trace ids; Prometheus metrics stay, they are not optional). "
                   "Cells ran in the order " + "; then ".join(
                       f"{', '.join(c['name'].split('_')[1] for c in obs if c['concurrency'] == conc)} at c={conc}"
-                      for conc in dict.fromkeys(c["concurrency"] for c in obs)) + ", both stacks up.", "",
+                      for conc in dict.fromkeys(c["concurrency"] for c in obs)) + ", both stacks up. "
+                  "Servers' CPU per request: user + system CPU of the cell's stack (its four processes) and Redis, "
+                  "from /proc/PID/stat.", "",
                   *_short_table(obs)]
     inter = r.get("e2e_vs_echo") or []
     if inter:
@@ -314,7 +327,8 @@ def render(results: dict) -> str:
                   "PredictEntities, 1 entity, c=1, on the main stack (e2e) and on the replay stack (replay: see below), "
                   "against the relay with three echo servers "
                   "(pipeline) and the relay with one (chain), all servers up, cells in the order they ran. "
-                  "The 1.5x verdicts take each side's mean p50.", "",
+                  "The 1.5x verdicts take each side's mean p50. Servers' CPU per request: the side's server "
+                  "processes (and Redis, for the two stacks), as in the process table below.", "",
                   *_short_table(inter)]
         if (split := cost_split(r)) is not None:
             lines += _split_lines(split)

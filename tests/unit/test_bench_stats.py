@@ -155,6 +155,12 @@ def test_the_cost_split_subtracts_the_sides_mean_p50s() -> None:
     assert "| the handlers' own work (end to end - replay) | 3.00 | 33% |" in text
     assert "| gateway | 3100 | 2700 | 2000 |" in text
     assert "| redis | 100 |  |  |" in text
+    # Each interleaved cell's row sums its own servers' CPU per request.
+    assert "| interleaved_e2e_c1_1 | 125 | 8.00 | 16.00 | 0 | 5100 |  |" in text
+    # Cells of runs that did not record it keep the table without the column.
+    for c in cells:
+        del c["cpu_us_per_request"]
+    assert "| interleaved_e2e_c1_1 | 125 | 8.00 | 16.00 | 0 |  |" in render(results)
 
 
 def test_the_idle_cost_table_shows_each_median_and_its_multiple() -> None:
