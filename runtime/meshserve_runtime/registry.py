@@ -57,6 +57,17 @@ class RegistryAccessDenied(PermissionError):
 #: MLflow's error codes for the two statuses (its REST client maps the HTTP status to them).
 _DENIED_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
 
+#: The body Envoy's RBAC filter answers a request an Istio AuthorizationPolicy denies. In a
+#: mesh a 403 may come from there rather than from MLflow, and then no MLflow right helps.
+MESH_DENIED_BODY = "RBAC: access denied"
+
+
+def _answer_text(err: BaseException) -> str:
+    """What the server answered: the body of a failed download, or MLflow's message, which
+    quotes the body of a REST answer that was not MLflow's own JSON."""
+    text = getattr(getattr(err, "response", None), "text", None)
+    return text if isinstance(text, str) else str(err)
+
 
 def access_denied(err: BaseException, tracking_uri: str, what: str) -> RegistryAccessDenied | None:
     """`err` restated for whoever configures the pod, when it is the registry refusing access
@@ -72,6 +83,13 @@ def access_denied(err: BaseException, tracking_uri: str, what: str) -> RegistryA
             f"the MLflow registry at {where} did not accept this service's credentials (HTTP 401) when reading {what}: "
             "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN "
             "(in the Helm chart: a Secret named by mlflow.existingSecret, its keys mapped by mlflow.secretEnv)"
+        )
+    if status == 403 and MESH_DENIED_BODY in _answer_text(err):
+        return RegistryAccessDenied(
+            f"the service mesh, not MLflow, refused this pod's request to the MLflow registry at {where} when reading "
+            f"{what} (HTTP 403 {MESH_DENIED_BODY!r}, Envoy's RBAC filter): an Istio AuthorizationPolicy on the "
+            "registry's side does not allow this workload; allow this pod's service account (in the Helm chart: "
+            "preprocess.serviceAccount / model.serviceAccount) to reach the registry"
         )
     if status == 403:
         user = os.environ.get("MLFLOW_TRACKING_USERNAME")

@@ -60,6 +60,19 @@ def test_403_names_the_user_and_the_rights_it_needs(make, monkeypatch: pytest.Mo
     assert "READ on the registered model and on the experiment" in message
 
 
+@pytest.mark.parametrize("make", [_rest_error, _download_error])
+def test_a_403_from_the_mesh_names_the_authorization_policy_not_mlflow_rights(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Envoy's RBAC filter (an Istio AuthorizationPolicy) answers 403 with this body: no
+    MLflow right would help, so the message must not send anyone to grant one."""
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "meshserve-reader")
+    err = access_denied(make(403, "RBAC: access denied"), URI, "the artifacts of models:/m/3")
+    assert isinstance(err, RegistryAccessDenied)
+    message = str(err)
+    assert "HTTP 403 'RBAC: access denied'" in message and "AuthorizationPolicy" in message and "models:/m/3" in message
+    assert "preprocess.serviceAccount" in message and "READ on" not in message
+    assert "hunter2" not in message and "mlflow.example:5000" in message
+
+
 def test_a_json_error_body_is_read_by_its_code() -> None:
     body = json.dumps({"error_code": "PERMISSION_DENIED", "message": "no"})
     assert isinstance(access_denied(_rest_error(403, body), URI, "x"), RegistryAccessDenied)
