@@ -24,6 +24,11 @@ not MLflow's JSON:
 - the proxy accepts that token later (issued after the pods started): the service turns
   ready on its next attempt, with no restart, the stack serves, and the token rode on the
   artifact downloads as well as on the registry's REST calls.
+In a mesh, Envoy in front of the registry may refuse first: an Istio AuthorizationPolicy
+that does not allow a workload gets HTTP 403 `RBAC: access denied`, whatever its token.
+The same proxy plays that part for preprocess's requests: its log names the
+AuthorizationPolicy (not an MLflow right), and once the policy allows it, it turns ready
+on its next attempt.
 """
 
 from __future__ import annotations
@@ -168,11 +173,14 @@ def test_services_read_an_auth_enabled_registry_with_their_own_credentials(
 class BearerProxy:
     """A reverse proxy on a loopback port that lets through only `Authorization: Bearer
     <token>` with a token it accepts and answers anything else 401 in plain text, as an
-    authenticating proxy in front of MLflow does. Counts what it passed and refused, by path."""
+    authenticating proxy in front of MLflow does. Counts what it passed and refused, by path.
+    Before that, it answers the callers of `mesh_denied` tokens as Envoy's RBAC filter does
+    when an Istio AuthorizationPolicy does not allow their workload: 403, `RBAC: access denied`."""
 
     def __init__(self, upstream: str, token: str) -> None:
         self.upstream = urlsplit(upstream)
         self.accepted = {f"Bearer {token}"}
+        self.mesh_denied: frozenset[str] = frozenset()
         self.passed: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -181,6 +189,14 @@ class BearerProxy:
         class Handler(BaseHTTPRequestHandler):
             def _forward(self) -> None:
                 path = self.path.split("?", 1)[0]
+                if self.headers.get("Authorization") in proxy.mesh_denied:
+                    body = b"RBAC: access denied"  # Envoy's local reply, as sent
+                    self.send_response(403)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
                 if self.headers.get("Authorization") not in proxy.accepted:
                     with proxy._lock:
                         proxy.refused[path] += 1
@@ -225,6 +241,9 @@ class BearerProxy:
     def accept(self, token: str) -> None:
         self.accepted = self.accepted | {f"Bearer {token}"}  # one swap: handler threads read it
 
+    def deny_by_mesh(self, *tokens: str) -> None:
+        self.mesh_denied = frozenset(f"Bearer {t}" for t in tokens)  # one swap, as above
+
     def __enter__(self) -> BearerProxy:
         self._thread.start()
         return self
@@ -250,9 +269,16 @@ def test_services_send_the_chart_default_token_through_an_authenticating_proxy(
             }
         config.extra_env["gateway"] = {"MESHSERVE_GATEWAY_DEFAULT_TIMEOUT_S": "20"}
         stack = Stack(config)
+        proxy.deny_by_mesh(TOKENS[0])  # preprocess's workload: not yet allowed by the registry's policy
         try:
             stack.start()
             _wait_for_log(stack, "model", "loading artifacts failed", "HTTP 401", "MLFLOW_TRACKING_TOKEN")
+            _wait_for_log(stack, "preprocess", "loading artifacts failed", "HTTP 403 'RBAC: access denied'",
+                          "AuthorizationPolicy", "preprocess.serviceAccount")
+            assert "READ on" not in stack.log_tail("preprocess", 200)  # no MLflow right would help
+            assert not stack.is_serving("preprocess")
+
+            proxy.deny_by_mesh()  # the policy now allows it
             stack.wait_service_ready("preprocess", ATTEMPT_S)
             assert not stack.is_serving("model")
             assert proxy.refused, "the model service's token, not yet accepted, never reached the proxy"
