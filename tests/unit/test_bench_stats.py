@@ -86,6 +86,12 @@ def test_interleaved_cells_are_averaged_per_side() -> None:
     assert obs["pass"] is True and "920 vs 1000 RPS (0.92x, mean of 4 / 4 cells)" == obs["measured"]
     results["observability"][0]["rps"] = 300.0  # a real 10%+ cost on average still fails
     assert next(t for t in targets(results) if t["target"].endswith("c=64") and "observability" in t["target"])["pass"] is False
+    # With each cell's servers' CPU per request recorded, each side's mean is shown beside it.
+    for i, c in enumerate(results["observability"]):
+        c["cpu_us_per_request"] = {"gateway": (1000.0 if "_on_" in c["name"] else 700.0) + i, "redis": 50.0}
+    obs = next(t for t in targets(results) if t["target"].endswith("c=64") and "observability" in t["target"])
+    # on: cells 0, 3, 5, 6 -> 1,053.5 us a request; off: cells 1, 2, 4, 7 -> 753.5
+    assert obs["measured"].endswith("; servers' CPU per request 1,054 vs 754 us"), obs["measured"]
 
 
 def test_the_end_to_end_ratio_takes_the_interleaved_cells_when_there_are_some() -> None:
