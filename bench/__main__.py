@@ -195,6 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         print("starting the stack (Redis online store, tracing exported at "
               f"{s.trace_sample_ratio:g} sampling)...", flush=True)
         main_stack = stack.enter_context(Stack(config))
+        from bench.floors import redis_pid
+
+        # Cells on a stack record its processes' CPU per request, and Redis's: it serves them all.
+        redis = {"redis": pid} if (pid := redis_pid(s.redis_url)) else {}
+
+        def stack_pids(st: Stack) -> dict[str, int]:
+            return {n: p.pid for n, p in st.procs.items()} | redis
+
         server_procs: dict[str, subprocess.Popen] = {}
         if pick(echo_cells) or pick(e2e_cells):
             # Idle until their cells: a server waiting on epoll costs the others nothing.
@@ -217,12 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             off_stack = stack.enter_context(Stack(off_config))
             # Each cell records its stack's CPU per request, so a cell far off its side's others
             # can be told apart: every process slower (the host) or one (the code).
-            from bench.floors import redis_pid
-
-            redis = {"redis": pid} if (pid := redis_pid(s.redis_url)) else {}
             for c in obs_cells:
-                cell_stack = main_stack if c["name"].startswith("obs_on_") else off_stack
-                c["pids"] = {n: p.pid for n, p in cell_stack.procs.items()} | redis
+                c["pids"] = stack_pids(main_stack if c["name"].startswith("obs_on_") else off_stack)
             results["observability"] = run_loadgen(pick(obs_cells), tmp, "observability")
 
         if pick(features_cells):
@@ -235,14 +239,11 @@ def main(argv: list[str] | None = None) -> int:
             results["cells"] += run_loadgen(pick(features_cells), tmp, "features")
 
         if pick(e2e_cells):
-            from bench.floors import redis_pid
-
             print("end to end vs the replay stack and the empty echo chains at c=1, interleaved:", flush=True)
             replay_stack = stack.enter_context(Stack(replay_config))
-            redis = {"redis": pid} if (pid := redis_pid(s.redis_url)) else {}
             side_pids = {
-                "e2e": {n: p.pid for n, p in main_stack.procs.items()} | redis,
-                "replay": {n: p.pid for n, p in replay_stack.procs.items()} | redis,
+                "e2e": stack_pids(main_stack),
+                "replay": stack_pids(replay_stack),
                 "pipeline": {n: server_procs[n].pid for n in ("relay3", "echo-1", "echo-2", "echo-3")},
                 "chain": {n: server_procs[n].pid for n in ("relay", "echo-1")},
             }

@@ -181,9 +181,9 @@ def targets(results: dict) -> list[dict]:
         if on and off:
             ratio = (sum(on) / len(on)) / (sum(off) / len(off))
             measured = f"{sum(on) / len(on):.0f} vs {sum(off) / len(off):.0f} RPS ({ratio:.2f}x, mean of {len(on)} / {len(off)} cells)"
-            cpu = [[sum(per.values()) for k in names if (per := obs[k].get("cpu_us_per_request"))] for names in (on_cells, off_cells)]
+            cpu = [[us for k in names if (us := _servers_cpu(obs[k])) is not None] for names in (on_cells, off_cells)]
             if all(cpu):  # for context: a cell slow in every process is the host, not tracing
-                measured += "; servers' CPU per request " + " vs ".join(f"{sum(x) / len(x):,.0f}" for x in cpu) + " us"
+                measured += "; servers' CPU per request " + " vs ".join(f"{sum(v) / len(v):,.0f}" for v in cpu) + " us"
             add(f"observability on costs <= 10% of throughput, c={conc}", measured, ratio >= 0.9, *on_cells, *off_cells)
     return rows
 
@@ -263,21 +263,24 @@ def _cpu(cell: dict) -> str:
     return f"{cpu['busy_pct']:.0f} / {cpu['steal_pct']:.0f}" if cpu else ""
 
 
+def _servers_cpu(cell: dict) -> float | None:
+    """The CPU per request of the cell's server processes together (None: not recorded)."""
+    per = cell.get("cpu_us_per_request")
+    return sum(per.values()) if per else None
+
+
 def _short_table(cells: list[dict]) -> list[str]:
     """Rows of cells without stage columns (the observability and interleaved cells), with the
     CPU per request of the cell's own server processes when the run recorded it."""
-    if not any(c.get("cpu_us_per_request") for c in cells):
-        return ["| cell | RPS | p50 | p99 | errors | CPU busy / steal % |", "|---|---|---|---|---|---|"] + [
-            f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | {_cpu(c)} |" for c in cells]
-
-    def servers(c: dict) -> str:
-        per = c.get("cpu_us_per_request") or {}
-        return f"{sum(per.values()):.0f}" if per else ""
-
-    return ["| cell | RPS | p50 | p99 | errors | servers' CPU per request, us | CPU busy / steal % |",
-            "|---|---|---|---|---|---|---|"] + [
-        f"| {c['name']} | {c['rps']:.0f} | {_fmt(c['p50_ms'])} | {_fmt(c['p99_ms'])} | {c['errors']} | {servers(c)} | {_cpu(c)} |"
-        for c in cells]
+    with_cpu = any(_servers_cpu(c) is not None for c in cells)
+    head = ["cell", "RPS", "p50", "p99", "errors", *(["servers' CPU per request, us"] if with_cpu else []), "CPU busy / steal %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        row = [c["name"], f"{c['rps']:.0f}", _fmt(c["p50_ms"]), _fmt(c["p99_ms"]), str(c["errors"])]
+        if with_cpu:
+            row.append("" if (cpu := _servers_cpu(c)) is None else f"{cpu:.0f}")
+        lines.append("| " + " | ".join([*row, _cpu(c)]) + " |")
+    return lines
 
 
 def render(results: dict) -> str:
