@@ -187,26 +187,24 @@ class BearerProxy:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
+            def _refuse(self, status: int, body: bytes, *headers: tuple[str, str]) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "text/plain")
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def _forward(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if self.headers.get("Authorization") in proxy.mesh_denied:
-                    body = b"RBAC: access denied"  # Envoy's local reply, as sent
-                    self.send_response(403)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
+                    self._refuse(403, b"RBAC: access denied")  # Envoy's local reply, as sent
                     return
                 if self.headers.get("Authorization") not in proxy.accepted:
                     with proxy._lock:
                         proxy.refused[path] += 1
-                    body = b"401 Authorization Required\n"
-                    self.send_response(401)
-                    self.send_header("Content-Type", "text/plain")
-                    self.send_header("WWW-Authenticate", 'Bearer realm="mlflow"')
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
+                    self._refuse(401, b"401 Authorization Required\n", ("WWW-Authenticate", 'Bearer realm="mlflow"'))
                     return
                 with proxy._lock:
                     proxy.passed[path] += 1
