@@ -124,7 +124,7 @@ def _download(model_uri: str, tracking_uri: str, dst: str) -> Path:
     import mlflow.artifacts
     from mlflow import MlflowClient
 
-    from meshserve_runtime.registry import access_denied  # here: registry imports this module
+    from meshserve_runtime.registry import restate_registry_error  # here: registry imports this module
 
     what = f"the artifacts of {model_uri}"
     try:
@@ -136,9 +136,9 @@ def _download(model_uri: str, tracking_uri: str, dst: str) -> Path:
             model_uri = client.get_model_version_download_uri(name, version)
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst, tracking_uri=tracking_uri)
     except Exception as err:
-        denied = access_denied(err, tracking_uri, what)
-        if denied is not None:
-            raise denied from err
+        restated = restate_registry_error(err, tracking_uri, what)
+        if restated is not None:
+            raise restated from err
         raise
     return Path(local)
 

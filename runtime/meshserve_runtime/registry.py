@@ -7,6 +7,7 @@ another. Requires the `mlflow` extra.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -69,10 +70,30 @@ def _answer_text(err: BaseException) -> str:
     return text if isinstance(text, str) else str(err)
 
 
-def access_denied(err: BaseException, tracking_uri: str, what: str) -> RegistryAccessDenied | None:
+class RegistryAnswerNotMlflow(RuntimeError):
+    """Something in front of the registry (an API gateway, an authenticating proxy) answered
+    a REST call with a JSON body that is not MLflow's error format. MLflow's client keeps
+    such a body but drops the HTTP status, so whether it was a refusal is not known."""
+
+
+#: The longest rendering of a foreign answer's body quoted in a message.
+_FOREIGN_BODY_CHARS = 300
+
+
+def _foreign_answer(err: BaseException) -> dict | None:
+    """The JSON body of a failed REST call when it is not MLflow's own error (no
+    `error_code`): MLflow's client then reports INTERNAL_ERROR whatever the status was."""
+    body = getattr(err, "json", None)  # mlflow.exceptions.RestException keeps the parsed body
+    if isinstance(body, dict) and "error_code" not in body:
+        return body
+    return None
+
+
+def restate_registry_error(err: BaseException, tracking_uri: str, what: str) -> Exception | None:
     """`err` restated for whoever configures the pod, when it is the registry refusing access
-    to `what`; None for any other failure. MLflow's own message names an endpoint, not the
-    setting or the right that is missing."""
+    to `what` (RegistryAccessDenied) or something in front of it answering in a format that
+    is not MLflow's (RegistryAnswerNotMlflow); None for any other failure. MLflow's own
+    message names an endpoint, not the setting or the right that is missing."""
     response = getattr(err, "response", None)  # requests.HTTPError: an artifact download
     status = getattr(response, "status_code", None)
     if not isinstance(status, int):
@@ -99,6 +120,19 @@ def access_denied(err: BaseException, tracking_uri: str, what: str) -> RegistryA
             "READ on the registered model and on the experiment that holds its runs (the artifacts are downloaded "
             "through the run)"
         )
+    foreign = _foreign_answer(err)
+    if foreign is not None:
+        quoted = json.dumps(foreign, ensure_ascii=False)
+        if len(quoted) > _FOREIGN_BODY_CHARS:
+            quoted = quoted[:_FOREIGN_BODY_CHARS] + "...(cut)"
+        return RegistryAnswerNotMlflow(
+            f"the MLflow registry at {where} answered the request for {what} with {quoted}, an error that is not "
+            "MLflow's own format: an API gateway or authenticating proxy in front of MLflow answered it, and "
+            "MLflow's client does not keep the HTTP status of such an answer. If the proxy refused this service's "
+            "credentials, set MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, as "
+            "it expects (in the Helm chart: a Secret named by mlflow.existingSecret, its keys mapped by "
+            "mlflow.secretEnv); otherwise the proxy's own log says why it answered so"
+        )
     return None
 
 
@@ -116,9 +150,9 @@ def resolve_alias(tracking_uri: str, name: str, alias: str) -> ResolvedArtifact:
                 f"no version of registered model {name!r} has alias {alias!r} in {redact_url(tracking_uri)} "
                 "(train and register one with `make train`)"
             ) from err
-        denied = access_denied(err, tracking_uri, f"the alias {alias!r} of registered model {name!r}")
-        if denied is not None:
-            raise denied from err
+        restated = restate_registry_error(err, tracking_uri, f"the alias {alias!r} of registered model {name!r}")
+        if restated is not None:
+            raise restated from err
         raise
     return ResolvedArtifact(
         name=name, version=str(mv.version), run_id=mv.run_id or "", alias=alias, source=mv.source or "",
