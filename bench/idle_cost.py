@@ -28,7 +28,7 @@ WARM_CALLS = 50
 
 def _calls() -> dict[str, Callable[[], object]]:
     import torch
-    from meshserve_model.model import _traced
+    from meshserve_model.model import traced_for_inference
     from meshserve_preprocess.compiled import compile_pipeline
     from meshserve_training.model import RankingMLP
     from meshserve_training.preprocessor import build_preprocessor
@@ -38,7 +38,7 @@ def _calls() -> dict[str, Callable[[], object]]:
     x64 = np.random.default_rng(0).normal(size=(500, n))
     transform = compile_pipeline(build_preprocessor().fit(x64), n)
     # The model service's own trace-freeze-optimize step (with its check against the module).
-    served = _traced(RankingMLP(n).eval(), n, torch.device("cpu"), torch.float32)
+    served = traced_for_inference(RankingMLP(n).eval(), n, torch.device("cpu"), torch.float32)
     if served is None:
         raise RuntimeError("the demo MLP did not trace as the model service traces it (see the log above)")
     row64 = np.zeros((1, n))

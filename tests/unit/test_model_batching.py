@@ -126,11 +126,11 @@ async def test_cancelled_caller_is_skipped() -> None:
 
 
 def test_traced_module_matches_the_loaded_one_at_every_batch_size() -> None:
-    from meshserve_model.model import _traced
+    from meshserve_model.model import traced_for_inference
 
     torch.manual_seed(0)
     module = Tiny().eval()
-    traced = _traced(module, N_FEATURES, torch.device("cpu"), torch.float32)
+    traced = traced_for_inference(module, N_FEATURES, torch.device("cpu"), torch.float32)
     assert traced is not None
     with torch.inference_mode():
         for n in (1, 5, 300):
@@ -139,17 +139,17 @@ def test_traced_module_matches_the_loaded_one_at_every_batch_size() -> None:
 
 
 def test_on_cpu_the_trace_is_served_frozen_and_optimized_for_inference() -> None:
-    from meshserve_model.model import _traced
+    from meshserve_model.model import traced_for_inference
 
     torch.manual_seed(0)
     module = Tiny().eval()
-    served = _traced(module, N_FEATURES, torch.device("cpu"), torch.float32)
+    served = traced_for_inference(module, N_FEATURES, torch.device("cpu"), torch.float32)
     assert isinstance(served, torch.jit.ScriptModule)
     assert not list(served.parameters())  # frozen: the weights are constants of the graph
 
 
 def test_a_frozen_form_that_differs_falls_back_to_the_plain_trace(monkeypatch: pytest.MonkeyPatch) -> None:
-    from meshserve_model.model import _traced
+    from meshserve_model.model import traced_for_inference
 
     class Off(torch.nn.Module):
         """What a faulty graph rewrite would give: close, but not the same outputs."""
@@ -164,7 +164,7 @@ def test_a_frozen_form_that_differs_falls_back_to_the_plain_trace(monkeypatch: p
     monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda m: Off(m))
     torch.manual_seed(0)
     module = Tiny().eval()
-    served = _traced(module, N_FEATURES, torch.device("cpu"), torch.float32)
+    served = traced_for_inference(module, N_FEATURES, torch.device("cpu"), torch.float32)
     assert isinstance(served, torch.jit.ScriptModule) and list(served.parameters())  # the unfrozen trace
     with torch.inference_mode():
         x = torch.randn(7, N_FEATURES)

@@ -124,7 +124,7 @@ def _load_pt2(path: Path, mlmodel: Any) -> Any:
         return mlflow.pytorch.load_model(str(path))
 
 
-def _traced(module: Any, num_features: int, device: torch.device, dtype: torch.dtype) -> Any:
+def traced_for_inference(module: Any, num_features: int, device: torch.device, dtype: torch.dtype) -> Any:
     """torch.jit.trace of the loaded module, frozen and optimized for inference on the CPU,
     or None when no such form matches the module exactly.
 
@@ -211,7 +211,7 @@ def load_model(
     torch_dtype = DTYPES[dtype]
     module = module.to(device=device, dtype=torch_dtype) if torch_dtype != torch.float32 else module.to(device)
     if optimize == "jit_trace":
-        module = _traced(module, num_features, device, torch_dtype) or module
+        module = traced_for_inference(module, num_features, device, torch_dtype) or module
     loaded = LoadedModel(artifact, module, device, num_features, platform=f"pytorch_{torch.__version__}", dtype=torch_dtype)
     loaded.warm_up(warmup_batch_sizes)
     log.info(
