@@ -58,6 +58,12 @@ class RegistryAccessDenied(PermissionError):
 #: MLflow's error codes for the two statuses (its REST client maps the HTTP status to them).
 _DENIED_CODES = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}
 
+#: Where a service's registry credentials come from: named by both refusals they can fix.
+_CREDENTIAL_SETTINGS = (
+    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN "
+    "(in the Helm chart: a Secret named by mlflow.existingSecret, its keys mapped by mlflow.secretEnv)"
+)
+
 #: The body Envoy's RBAC filter answers a request an Istio AuthorizationPolicy denies. In a
 #: mesh a 403 may come from there rather than from MLflow, and then no MLflow right helps.
 MESH_DENIED_BODY = "RBAC: access denied"
@@ -102,8 +108,7 @@ def restate_registry_error(err: BaseException, tracking_uri: str, what: str) -> 
     if status == 401:
         return RegistryAccessDenied(
             f"the MLflow registry at {where} did not accept this service's credentials (HTTP 401) when reading {what}: "
-            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN "
-            "(in the Helm chart: a Secret named by mlflow.existingSecret, its keys mapped by mlflow.secretEnv)"
+            f"set {_CREDENTIAL_SETTINGS}"
         )
     if status == 403 and MESH_DENIED_BODY in _answer_text(err):
         return RegistryAccessDenied(
@@ -129,9 +134,8 @@ def restate_registry_error(err: BaseException, tracking_uri: str, what: str) -> 
             f"the MLflow registry at {where} answered the request for {what} with {quoted}, an error that is not "
             "MLflow's own format: an API gateway or authenticating proxy in front of MLflow answered it, and "
             "MLflow's client does not keep the HTTP status of such an answer. If the proxy refused this service's "
-            "credentials, set MLFLOW_TRACKING_TOKEN, or MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, as "
-            "it expects (in the Helm chart: a Secret named by mlflow.existingSecret, its keys mapped by "
-            "mlflow.secretEnv); otherwise the proxy's own log says why it answered so"
+            f"credentials, set {_CREDENTIAL_SETTINGS}, as it expects; otherwise the proxy's own log says why it "
+            "answered so"
         )
     return None
 
